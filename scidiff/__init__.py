@@ -1,0 +1,66 @@
+"""scidiff: diffusion-model surrogates for gridded scientific simulator output.
+
+The public names are loaded lazily, so ``import scidiff`` is fast (the command
+line starts quickly) and optional heavy pieces (plots, data I/O) are imported
+only when used.  See ``docs/api.md`` for the reference of every public name.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from scidiff._version import __version__
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    # mathematics
+    "LinearSchedule": "scidiff.schedules",
+    "CosineSchedule": "scidiff.schedules",
+    "VPSDE": "scidiff.sde",
+    "DDPM": "scidiff.ddpm",
+    "ScoreModel": "scidiff.models",
+    "sample": "scidiff.sampling",
+    "SampleResult": "scidiff.sampling",
+    "log_likelihood": "scidiff.likelihood",
+    "LikelihoodResult": "scidiff.likelihood",
+    "ClassifierGuidance": "scidiff.guidance",
+    "DPSGuidance": "scidiff.guidance",
+    # networks
+    "UNet": "scidiff.nets",
+}
+
+_SUBMODULES = {
+    "schedules", "sde", "ddpm", "models", "sampling", "likelihood", "guidance",
+    "nets", "data", "simulators", "training", "metrics", "plots", "cli",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        module = importlib.import_module(_EXPORTS[name])
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        module = importlib.import_module(f"scidiff.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'scidiff' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | _SUBMODULES)
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from scidiff.ddpm import DDPM
+    from scidiff.guidance import ClassifierGuidance, DPSGuidance
+    from scidiff.likelihood import LikelihoodResult, log_likelihood
+    from scidiff.models import ScoreModel
+    from scidiff.nets import UNet
+    from scidiff.sampling import SampleResult, sample
+    from scidiff.schedules import CosineSchedule, LinearSchedule
+    from scidiff.sde import VPSDE
