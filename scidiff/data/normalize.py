@@ -1,0 +1,294 @@
+"""Per-channel standardisation, optionally after a log transform, fitted in one streaming pass.
+
+For channel ``c`` with ``g_c(x) = log x`` (log channels) or ``g_c(x) = x`` (others),
+
+    z = (g_c(x) - m_c) / s_c,
+
+with ``m_c`` and ``s_c`` the mean and (population) standard deviation of ``g_c(x)``
+over every sample and grid point of the training split.  The map is elementwise,
+so its Jacobian is diagonal and, per sample,
+
+    log|det dz/dx| = sum over elements of  -log s_c - [c is a log channel] log x.
+
+Hence the density of a field in the data's own units is
+``log p_x(x) = log p_z(z) + log_abs_det_jacobian(x)``, with ``log p_z`` what the
+diffusion model's likelihood reports for the normalised field.
+
+The statistics are accumulated chunk by chunk with the pairwise update of Chan,
+Golub & LeVeque (1979), in float64, so files larger than memory are fine.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from scidiff.data.errors import DataError
+from scidiff.data.source import FieldChunk, FieldSource
+
+__all__ = ["Normalizer", "RunningMoments"]
+
+
+class RunningMoments:
+    """Per-channel count, mean and sum of squared deviations ``M2``, merged chunk by chunk (float64).
+
+    For a chunk ``b`` merged into the running ``a``:
+    ``delta = mean_b - mean_a``, ``n = n_a + n_b``, ``mean = mean_a + delta n_b / n``,
+    ``M2 = M2_a + M2_b + delta^2 n_a n_b / n`` (Chan, Golub & LeVeque 1979).
+    """
+
+    def __init__(self, num_channels: int) -> None:
+        self.count = 0
+        self.mean = np.zeros(num_channels, dtype=np.float64)
+        self.m2 = np.zeros(num_channels, dtype=np.float64)
+
+    def update(self, values: np.ndarray) -> None:
+        """Add ``values`` of shape ``[n, C, *spatial]``."""
+        flat = values.reshape(values.shape[0], values.shape[1], -1).transpose(1, 0, 2).reshape(values.shape[1], -1)
+        n_b = flat.shape[1]
+        if n_b == 0:
+            return
+        mean_b = flat.mean(axis=1)
+        m2_b = ((flat - mean_b[:, None]) ** 2).sum(axis=1)
+        n_a = self.count
+        n = n_a + n_b
+        delta = mean_b - self.mean
+        self.mean = self.mean + delta * (n_b / n)
+        self.m2 = self.m2 + m2_b + delta**2 * (n_a * n_b / n)
+        self.count = n
+
+    @property
+    def std(self) -> np.ndarray:
+        """Population standard deviation ``sqrt(M2 / n)``, shape ``[C]``."""
+        return np.sqrt(self.m2 / self.count)
+
+
+class Normalizer:
+    """Per-channel map ``z = (g_c(x) - mean_c) / std_c`` with ``g_c = log`` on log channels.
+
+    Args:
+        mean: ``[C]`` mean of ``g_c(x)`` (stored in float64).
+        std: ``[C]`` standard deviation of ``g_c(x)``, positive.
+        log: ``[C]`` booleans, True where the channel is log-transformed.
+        channels: ``C`` channel names (for messages and for saving).
+        count: number of values per channel the statistics were fitted on.
+    """
+
+    def __init__(
+        self,
+        mean: Sequence[float] | Tensor | np.ndarray,
+        std: Sequence[float] | Tensor | np.ndarray,
+        *,
+        log: Sequence[bool] | None = None,
+        channels: Sequence[str] | None = None,
+        count: int = 0,
+    ) -> None:
+        self.mean = torch.as_tensor(np.asarray(mean, dtype=np.float64)).reshape(-1)
+        self.std = torch.as_tensor(np.asarray(std, dtype=np.float64)).reshape(-1)
+        num = self.mean.numel()
+        if self.std.numel() != num:
+            raise ValueError(f"mean has {num} channels but std has {self.std.numel()}")
+        if not torch.isfinite(self.mean).all() or not (self.std > 0).all() or not torch.isfinite(self.std).all():
+            raise ValueError(f"std must be positive and finite and mean finite, got mean={self.mean.tolist()}, std={self.std.tolist()}")
+        self.log = torch.zeros(num, dtype=torch.bool) if log is None else torch.as_tensor(list(log), dtype=torch.bool)
+        if self.log.numel() != num:
+            raise ValueError(f"log has {self.log.numel()} entries for {num} channels")
+        self.channels: tuple[str, ...] = tuple(channels) if channels is not None else tuple(f"channel {i}" for i in range(num))
+        if len(self.channels) != num:
+            raise ValueError(f"channels {self.channels} do not match the {num} statistics")
+        self.count = int(count)
+
+    # -- fitting -----------------------------------------------------------------------
+    @classmethod
+    def fit(
+        cls,
+        data: Any,
+        *,
+        log: Sequence[str] = (),
+        chunk_size: int | None = None,
+        channels: Sequence[str] | None = None,
+        progress: bool = True,
+    ) -> Normalizer:
+        """Fit mean and std per channel in one streaming pass over ``data``.
+
+        Args:
+            data: a :class:`~scidiff.data.FieldDataset` (its split: fit on ``"train"``),
+                a :class:`~scidiff.data.FieldSource` (every sample), or an iterable of
+                tensors ``[n, C, *spatial]``.
+            log: variable or channel names to log-transform; every value must be > 0.
+            chunk_size: samples read per chunk (default: about 16 MiB per chunk).
+            channels: channel names, needed only when ``data`` is an iterable of tensors.
+            progress: show a progress bar.
+
+        Raises:
+            DataError: a NaN / inf value, or a value <= 0 in a log channel (naming the
+                file, variable and sample index).
+        """
+        from tqdm.auto import tqdm
+
+        from scidiff.data.dataset import FieldDataset
+
+        if isinstance(log, str):
+            log = (log,)
+        file, variables = "data", None
+        if isinstance(data, FieldDataset):
+            source = data.source
+            chunks: Iterable[Any] = data.iter_chunks(chunk_size=chunk_size)
+            total: int | None = data.num_chunks(chunk_size)
+        elif isinstance(data, FieldSource):
+            source = data
+            chunks = data.iter_chunks(chunk_size=chunk_size)
+            total = math.ceil(len(data) / (chunk_size or data.default_chunk_size))
+        else:
+            source, chunks, total = None, data, None
+        if source is not None:
+            channels, variables, file = source.channels, source.channel_variables, source.path.name
+        log_mask = _log_mask(log, channels, variables)
+        moments: RunningMoments | None = None
+        offset = 0
+        for chunk in tqdm(chunks, total=total, desc="fitting normaliser", disable=not progress, leave=False):
+            x, index = (chunk.x, chunk.index) if isinstance(chunk, FieldChunk) else (torch.as_tensor(chunk), None)
+            values = x.detach().to("cpu", torch.float64).numpy()
+            if index is None:
+                index = np.arange(offset, offset + values.shape[0])
+                _check_finite(values, index, file, channels)
+            offset += values.shape[0]
+            if moments is None:
+                channels = channels or tuple(f"channel {i}" for i in range(values.shape[1]))
+                log_mask = _log_mask(log, channels, variables)
+                moments = RunningMoments(values.shape[1])
+            if values.shape[1] != len(channels):
+                raise ValueError(f"chunk has {values.shape[1]} channels, expected {len(channels)}")
+            if log_mask.any():
+                lv = values[:, log_mask]
+                _check_positive(lv, index, file, [c for c, m in zip(channels, log_mask) if m],
+                                [v for v, m in zip(variables or channels, log_mask) if m])
+                values = values.copy()
+                values[:, log_mask] = np.log(lv)
+            moments.update(values)
+        if moments is None or moments.count == 0:
+            raise DataError(f"{file}: no samples to fit the normaliser on (empty split?)")
+        std = moments.std
+        if (std == 0).any():
+            c = int(np.argmax(std == 0))
+            raise DataError(
+                f"{file}: channel {channels[c]!r} is constant ({moments.mean[c]}) over the training split, "
+                "so it cannot be standardised; drop it from the variables"
+            )
+        return cls(moments.mean, std, log=log_mask.tolist(), channels=channels, count=moments.count)
+
+    # -- the map -----------------------------------------------------------------------
+    def _stats(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if x.ndim < 2 or x.shape[1] != self.mean.numel():
+            raise ValueError(
+                f"expected fields [B, {self.mean.numel()}, *spatial] (channels {list(self.channels)}), "
+                f"got shape {tuple(x.shape)}"
+            )
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        mean = self.mean.to(device=x.device, dtype=x.dtype).reshape(shape)
+        std = self.std.to(device=x.device, dtype=x.dtype).reshape(shape)
+        log = self.log.to(device=x.device).reshape(shape)
+        return mean, std, log
+
+    def _g(self, x: Tensor, log: Tensor) -> Tensor:
+        if not self.log.any():
+            return x
+        if ((x <= 0) & log).any():
+            pos = torch.nonzero((x <= 0) & log)[0].tolist()
+            raise DataError(
+                f"log-transformed channel {self.channels[pos[1]]!r} has value {x[tuple(pos)].item()} <= 0 "
+                f"at batch position {pos[0]}, grid position {tuple(pos[2:])}"
+            )
+        return torch.where(log, torch.log(torch.where(log, x, torch.ones_like(x))), x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``z = (g_c(x) - mean_c) / std_c``; ``x`` ``[B, C, *spatial]`` in data units -> ``z`` same shape."""
+        mean, std, log = self._stats(x)
+        return (self._g(x, log) - mean) / std
+
+    __call__ = forward
+
+    def inverse(self, z: Tensor) -> Tensor:
+        """``x = g_c^{-1}(mean_c + std_c z)``; ``z`` ``[B, C, *spatial]`` -> fields in data units."""
+        mean, std, log = self._stats(z)
+        u = mean + std * z
+        return torch.where(log, torch.exp(u), u) if self.log.any() else u
+
+    def log_abs_det_jacobian(self, x: Tensor) -> Tensor:
+        """``log|det dz/dx|`` per sample, ``[B]``, of the map ``x -> z`` at ``x`` ``[B, C, *spatial]``.
+
+        Equals ``sum over elements of (-log std_c - [log channel] log x)``; add it to
+        the model's ``log p(z)`` (nats) to get ``log p(x)`` in the data's units.
+        """
+        _, std, log = self._stats(x)
+        per_element = -torch.log(std).expand_as(x)
+        if self.log.any():
+            per_element = per_element - torch.where(log, self._g(x, log), torch.zeros_like(x))
+        return per_element.flatten(1).sum(dim=1)
+
+    # -- saving ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state (float64 values kept exactly by Python floats)."""
+        return {
+            "kind": "scidiff.Normalizer",
+            "version": 1,
+            "channels": list(self.channels),
+            "mean": [float(v) for v in self.mean.tolist()],
+            "std": [float(v) for v in self.std.tolist()],
+            "log": [bool(v) for v in self.log.tolist()],
+            "count": self.count,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Normalizer:
+        """Rebuild a normaliser saved by :meth:`to_dict`."""
+        if not isinstance(data, dict) or data.get("kind") != "scidiff.Normalizer":
+            raise ValueError(f"not a saved Normalizer: {str(data)[:80]!r}")
+        return cls(data["mean"], data["std"], log=data["log"], channels=data["channels"], count=data.get("count", 0))
+
+    def __repr__(self) -> str:
+        parts = [
+            f"{c}: {'log, ' if lg else ''}mean={m:.4g}, std={s:.4g}"
+            for c, m, s, lg in zip(self.channels, self.mean.tolist(), self.std.tolist(), self.log.tolist())
+        ]
+        return "Normalizer(" + "; ".join(parts) + ")"
+
+
+def _log_mask(log: Sequence[str], channels: Sequence[str] | None, variables: Sequence[str] | None) -> np.ndarray:
+    """Boolean ``[C]``: channels whose name or variable name is in ``log``."""
+    if channels is None:
+        if log:
+            raise ValueError("log=... needs channel names: pass channels=[...] with an iterable of tensors")
+        return np.zeros(0, dtype=bool)
+    variables = variables or channels
+    unknown = [n for n in log if n not in channels and n not in variables]
+    if unknown:
+        raise ValueError(f"log={list(log)} names {unknown}, which are not among the channels {list(channels)}")
+    return np.array([c in log or v in log for c, v in zip(channels, variables)], dtype=bool)
+
+
+def _check_finite(values: np.ndarray, index: np.ndarray, file: str, channels: Sequence[str] | None) -> None:
+    bad = ~np.isfinite(values)
+    if bad.any():
+        pos = tuple(int(i) for i in np.argwhere(bad)[0])
+        name = channels[pos[1]] if channels else f"channel {pos[1]}"
+        raise DataError(f"{file}: {name!r} has {values[pos]} at sample {index[pos[0]]}, grid position {pos[2:]}")
+
+
+def _check_positive(
+    values: np.ndarray, index: np.ndarray, file: str, channels: Sequence[str], variables: Sequence[str]
+) -> None:
+    bad = values <= 0
+    if bad.any():
+        pos = tuple(int(i) for i in np.argwhere(bad)[0])
+        name = variables[pos[1]]
+        chan = f" (channel {channels[pos[1]]!r})" if channels[pos[1]] != name else ""
+        raise DataError(
+            f"{file}: variable {name!r}{chan} has value {values[pos]} <= 0 at sample {index[pos[0]]}, "
+            f"grid position {pos[2:]}; the log transform needs positive values (remove it from log=[...])"
+        )
