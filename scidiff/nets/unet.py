@@ -1,0 +1,211 @@
+"""A UNet noise-prediction network for 1-, 2- and 3-D fields.
+
+The architecture follows Ho et al. (2020), "Denoising Diffusion Probabilistic
+Models", with the adaptive GroupNorm conditioning of Dhariwal & Nichol (2021),
+"Diffusion Models Beat GANs on Image Synthesis".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from scidiff.nets import _checks
+from scidiff.nets.backbone import Architecture, DownPath, Stage, middle
+from scidiff.nets.embedding import Embedding
+from scidiff.nets.layers import Upsample, conv, crop_to, group_norm, pad_to_multiple
+
+
+def check_dtype(net: str, module: nn.Module, x: Tensor) -> None:
+    """Raise TypeError when x's dtype differs from the network's parameters (outside autocast)."""
+    param = next(module.parameters(), None)
+    if param is None or param.dtype == x.dtype or torch.is_autocast_enabled(x.device.type):
+        return
+    raise TypeError(
+        f"{net} parameters are {param.dtype} but x is {x.dtype}: convert the network with "
+        f"net.to({x.dtype}) or pass x as {param.dtype}"
+    )
+
+
+class UNet(nn.Module):
+    r"""UNet :math:`\hat\varepsilon_\theta(x_t, t, c)` for fields ``[B, C, *spatial]`` in 1, 2 or 3 D.
+
+    The network predicts a tensor shaped like ``x`` (the noise eps, or x_0 or v
+    depending on how the ``ScoreModel`` wrapping it is trained).
+
+    Layout: an input convolution; per level ``num_res_blocks`` residual blocks
+    (GroupNorm, SiLU, 3-wide convolutions, FiLM scale and shift from the
+    embedding), self-attention over all positions at ``attention_levels`` and a
+    stride-2 convolution to the next level; a bottleneck (residual block,
+    attention, residual block); the mirror-image up path with skip connections,
+    nearest-neighbour upsampling and a convolution; GroupNorm, SiLU and a
+    zero-initialised output convolution, so the network outputs exactly 0 at
+    initialisation.
+
+    The embedding fed to every residual block is
+    :math:`e = \mathrm{MLP}(\phi(t)) + \mathrm{MLP}(c)`, with :math:`\phi` sinusoidal
+    features of 1000 t (``time_embedding="sinusoidal"``) or random Fourier features
+    :math:`\sin / \cos(2\pi W t)`, :math:`W \sim N(0, 16^2)` (``"fourier"``).
+
+    Boundaries: with ``periodic=True`` every convolution (the strided and the
+    upsampling ones included) pads circularly and attention carries no positional
+    embedding, so rolling the input by a whole number of coarsest cells,
+    ``2**(len(channel_mults) - 1)`` pixels along any axes, rolls the output the
+    same way, exactly.  Periodic fields must then have sizes divisible by that
+    number.  With ``periodic=False`` padding is with zeros, and a field of any
+    size is zero-padded at the end of each axis to the next multiple and the
+    output cropped back.
+
+    Args:
+        channels: number of field channels C (input and output).
+        dims: number of spatial dimensions, 1, 2 or 3.
+        periodic: circular instead of zero padding in every layer.
+        cond_dim: length of the conditioning vector (simulator parameters); 0 for none.
+        extra_channels: number of extra input fields (forcing, masks, coordinates)
+            concatenated to x as channels; they are inputs only, not predicted.
+        base_channels: width of the first level (must be even).
+        channel_mults: width multiplier of each level; its length is the number of levels.
+        num_res_blocks: residual blocks per level on the down path (one more on the up path).
+        attention_levels: levels (0 = finest, negative counts from the coarsest) with
+            self-attention; ``None`` means the coarsest level only, ``()`` none.
+        num_heads: attention heads (must divide the attention levels' widths).
+        dropout: dropout probability inside the residual blocks.
+        time_embedding: ``"sinusoidal"`` or ``"fourier"``.
+        groups: GroupNorm groups (must divide every level width).
+        fused_attention: use ``torch.nn.functional.scaled_dot_product_attention``
+            (fast on a GPU; on the CPU it lacks forward-mode AD and double
+            backward); by default the attention is written out and supports every
+            autograd mode, ``torch.func`` transforms and batched VJPs.
+
+    Call: ``net(x, t, cond=None, extra=None)`` with x [B, C, *spatial], t [B] in
+    [0, 1] (a scalar is broadcast), cond [B, cond_dim] (or [cond_dim], shared by
+    the batch), extra [B, extra_channels, *spatial] (batch 1 is broadcast).
+    Returns [B, C, *spatial] in x's dtype.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        dims: int = 2,
+        *,
+        periodic: bool = False,
+        cond_dim: int = 0,
+        extra_channels: int = 0,
+        base_channels: int = 32,
+        channel_mults: Sequence[int] = (1, 2, 2),
+        num_res_blocks: int = 1,
+        attention_levels: Sequence[int] | None = None,
+        num_heads: int = 4,
+        dropout: float = 0.0,
+        time_embedding: str = "sinusoidal",
+        groups: int = 8,
+        fused_attention: bool = False,
+    ) -> None:
+        super().__init__()
+        self.channels = _checks.positive_int("channels", channels)
+        self.cond_dim = _checks.positive_int("cond_dim", cond_dim, minimum=0)
+        self.extra_channels = _checks.positive_int("extra_channels", extra_channels, minimum=0)
+        self.arch = arch = Architecture.build(
+            dims=dims,
+            periodic=periodic,
+            base_channels=base_channels,
+            channel_mults=channel_mults,
+            num_res_blocks=num_res_blocks,
+            attention_levels=attention_levels,
+            num_heads=num_heads,
+            dropout=dropout,
+            time_embedding=time_embedding,
+            groups=groups,
+            fused_attention=fused_attention,
+        )
+        self.embedding = Embedding(
+            arch.emb_dim, feature_dim=arch.base_channels, time_embedding=arch.time_embedding, cond_dim=self.cond_dim
+        )
+        self.down = DownPath(self.channels + self.extra_channels, arch)
+        self.mid = middle(arch)
+        self.up = self._up_path(arch, list(self.down.skip_channels))
+        self.out_norm = group_norm(arch.base_channels, arch.groups)
+        self.out_conv = conv(arch.base_channels, self.channels, arch.dims, periodic=arch.periodic)
+        nn.init.zeros_(self.out_conv.weight)
+        nn.init.zeros_(self.out_conv.bias)
+
+    @staticmethod
+    def _up_path(arch: Architecture, skip_channels: list[int]) -> nn.ModuleList:
+        """Per level, coarsest first, ``num_res_blocks + 1`` residual blocks each eating one skip."""
+        stages = nn.ModuleList()
+        channels = arch.widths[-1]
+        for level in reversed(range(arch.levels)):
+            width = arch.widths[level]
+            for block in range(arch.num_res_blocks + 1):
+                layers: list[nn.Module] = [arch.res_block(channels + skip_channels.pop(), width)]
+                channels = width
+                if level in arch.attention_levels:
+                    layers.append(arch.attention(width))
+                if level > 0 and block == arch.num_res_blocks:
+                    layers.append(Upsample(width, arch.dims, periodic=arch.periodic))
+                stages.append(Stage(*layers))
+        return stages
+
+    @property
+    def dims(self) -> int:
+        """Number of spatial dimensions."""
+        return self.arch.dims
+
+    @property
+    def periodic(self) -> bool:
+        """Whether every layer pads circularly."""
+        return self.arch.periodic
+
+    @property
+    def factor(self) -> int:
+        """Spatial sizes are handled in multiples of this, 2**(levels - 1) pixels."""
+        return self.arch.factor
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments: ``UNet(**net.config)`` builds the same architecture."""
+        a = self.arch
+        return {
+            "channels": self.channels,
+            "dims": a.dims,
+            "periodic": a.periodic,
+            "cond_dim": self.cond_dim,
+            "extra_channels": self.extra_channels,
+            "base_channels": a.base_channels,
+            "channel_mults": a.channel_mults,
+            "num_res_blocks": a.num_res_blocks,
+            "attention_levels": a.attention_levels,
+            "num_heads": a.num_heads,
+            "dropout": a.dropout,
+            "time_embedding": a.time_embedding,
+            "groups": a.groups,
+            "fused_attention": a.fused_attention,
+        }
+
+    def forward(self, x: Tensor, t: Tensor | float, cond: Tensor | None = None, extra: Tensor | None = None) -> Tensor:
+        """eps-hat [B, C, *spatial] from x [B, C, *spatial], t [B] (see the class docstring)."""
+        name = type(self).__name__
+        x = _checks.field(name, x, dims=self.arch.dims, channels=self.channels)
+        check_dtype(name, self, x)
+        batch, spatial = x.shape[0], x.shape[2:]
+        t = _checks.time(name, t, batch, like=x)
+        cond = _checks.cond(name, cond, batch, cond_dim=self.cond_dim, like=x)
+        extra = _checks.extra(name, extra, extra_channels=self.extra_channels, like=x)
+
+        h = x if extra is None else torch.cat([x, extra], dim=1)
+        if self.arch.periodic:
+            _checks.periodic_sizes(name, spatial, downsamples=self.arch.downsamples)
+        else:
+            h = pad_to_multiple(h, self.arch.factor)
+
+        e = self.embedding(t, cond)
+        h, skips = self.down(h, e)
+        h = self.mid(h, e)
+        for stage in self.up:
+            h = stage(torch.cat([h, skips.pop()], dim=1), e)
+        h = self.out_conv(F.silu(self.out_norm(h)))
+        return crop_to(h, spatial)
