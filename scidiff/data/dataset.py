@@ -50,7 +50,7 @@ class FieldDataset(IterableDataset):
         val_fraction, seed: the split, see :func:`split_indices`.
         normalizer: applied to each chunk (in float64) before casting to ``dtype``.
         shuffle: shuffle the order (default: True for ``"train"``, else False).
-        chunk_size: samples per read (default: about 16 MiB of float64 per chunk).
+        chunk_size: samples per read (default: about 8 MiB of float64 per chunk).
         shuffle_chunks: chunks mixed together when shuffling.
         dtype: dtype of the yielded tensors.
         rank, world_size: this process's share under distributed training.
@@ -120,13 +120,11 @@ class FieldDataset(IterableDataset):
         norm = self.normalizer
         if norm is not None:
             if norm.log.any():
-                mask = norm.log.numpy()
                 _check_positive(
-                    x[:, mask].numpy(), chunk.index, self.source.path.name,
-                    [c for c, m in zip(self.source.channels, mask) if m],
-                    [v for v, m in zip(self.source.channel_variables, mask) if m],
+                    x.numpy(), chunk.index, self.source.path.name, self.source.channels,
+                    self.source.channel_variables, norm.log.numpy(),
                 )
-            x = norm.forward(x)
+            x = norm.forward_(x)  # the chunk is ours: transform it in place
         cond = None if chunk.cond is None else chunk.cond.to(self.dtype)
         return x.to(self.dtype), cond
 
@@ -158,11 +156,12 @@ class FieldDataset(IterableDataset):
                 x, cond = self._prepare(chunk)
                 xs.append(x)
                 conds.append(cond)
-            x = torch.cat(xs)
-            cond = None if conds[0] is None else torch.cat(conds)
-            perm = local.permutation(x.shape[0]) if self.shuffle else range(x.shape[0])
-            for i in perm:
-                yield x[i] if cond is None else (x[i], cond[i])
+            # (chunk, row) of every buffered sample, shuffled without concatenating the chunks
+            rows = [(k, i) for k, x in enumerate(xs) for i in range(x.shape[0])]
+            order = local.permutation(len(rows)) if self.shuffle else range(len(rows))
+            for j in order:
+                k, i = rows[j]
+                yield xs[k][i] if conds[k] is None else (xs[k][i], conds[k][i])
 
 
 class _EpochLoader(DataLoader):

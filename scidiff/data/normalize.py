@@ -47,14 +47,23 @@ class RunningMoments:
         self.mean = np.zeros(num_channels, dtype=np.float64)
         self.m2 = np.zeros(num_channels, dtype=np.float64)
 
-    def update(self, values: np.ndarray) -> None:
-        """Add ``values`` of shape ``[n, C, *spatial]``."""
-        flat = values.reshape(values.shape[0], values.shape[1], -1).transpose(1, 0, 2).reshape(values.shape[1], -1)
-        n_b = flat.shape[1]
+    def update(self, values: np.ndarray, *, log: np.ndarray | None = None) -> None:
+        """Add ``values`` of shape ``[n, C, *spatial]``; channels where ``log`` is True enter as ``log(values)``.
+
+        Works one channel at a time, so the temporary memory is one channel of the chunk.
+        """
+        n_b = values.shape[0] * math.prod(values.shape[2:])
         if n_b == 0:
             return
-        mean_b = flat.mean(axis=1)
-        m2_b = ((flat - mean_b[:, None]) ** 2).sum(axis=1)
+        mean_b = np.empty_like(self.mean)
+        m2_b = np.empty_like(self.m2)
+        for c in range(values.shape[1]):
+            v = values[:, c]
+            if log is not None and log[c]:
+                v = np.log(v)
+            mean_b[c] = v.mean(dtype=np.float64)
+            d = np.subtract(v, mean_b[c], dtype=np.float64)
+            m2_b[c] = np.square(d, out=d).sum()
         n_a = self.count
         n = n_a + n_b
         delta = mean_b - self.mean
@@ -121,7 +130,7 @@ class Normalizer:
                 a :class:`~scidiff.data.FieldSource` (every sample), or an iterable of
                 tensors ``[n, C, *spatial]``.
             log: variable or channel names to log-transform; every value must be > 0.
-            chunk_size: samples read per chunk (default: about 16 MiB per chunk).
+            chunk_size: samples read per chunk (default: about 8 MiB per chunk).
             channels: channel names, needed only when ``data`` is an iterable of tensors.
             progress: show a progress bar.
 
@@ -165,12 +174,8 @@ class Normalizer:
             if values.shape[1] != len(channels):
                 raise ValueError(f"chunk has {values.shape[1]} channels, expected {len(channels)}")
             if log_mask.any():
-                lv = values[:, log_mask]
-                _check_positive(lv, index, file, [c for c, m in zip(channels, log_mask) if m],
-                                [v for v, m in zip(variables or channels, log_mask) if m])
-                values = values.copy()
-                values[:, log_mask] = np.log(lv)
-            moments.update(values)
+                _check_positive(values, index, file, channels, variables or channels, log_mask)
+            moments.update(values, log=log_mask)
         if moments is None or moments.count == 0:
             raise DataError(f"{file}: no samples to fit the normaliser on (empty split?)")
         std = moments.std
@@ -184,6 +189,7 @@ class Normalizer:
 
     # -- the map -----------------------------------------------------------------------
     def _stats(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``mean`` and ``std`` shaped ``[1, C, 1, ...]`` like ``x``, and the log channels' indices."""
         if x.ndim < 2 or x.shape[1] != self.mean.numel():
             raise ValueError(
                 f"expected fields [B, {self.mean.numel()}, *spatial] (channels {list(self.channels)}), "
@@ -192,32 +198,42 @@ class Normalizer:
         shape = (1, -1) + (1,) * (x.ndim - 2)
         mean = self.mean.to(device=x.device, dtype=x.dtype).reshape(shape)
         std = self.std.to(device=x.device, dtype=x.dtype).reshape(shape)
-        log = self.log.to(device=x.device).reshape(shape)
-        return mean, std, log
+        idx = torch.nonzero(self.log).reshape(-1).to(x.device)
+        return mean, std, idx
 
-    def _g(self, x: Tensor, log: Tensor) -> Tensor:
-        if not self.log.any():
-            return x
-        if ((x <= 0) & log).any():
-            pos = torch.nonzero((x <= 0) & log)[0].tolist()
+    def _log_x(self, x: Tensor, idx: Tensor) -> Tensor:
+        """``log x`` on the log channels only, ``[B, C_log, *spatial]``; raises if a value is <= 0."""
+        x_log = x.index_select(1, idx)
+        bad = x_log <= 0
+        if bad.any():
+            pos = torch.nonzero(bad)[0].tolist()
             raise DataError(
-                f"log-transformed channel {self.channels[pos[1]]!r} has value {x[tuple(pos)].item()} <= 0 "
-                f"at batch position {pos[0]}, grid position {tuple(pos[2:])}"
+                f"log-transformed channel {self.channels[int(idx[pos[1]])]!r} has value "
+                f"{x_log[tuple(pos)].item()} <= 0 at batch position {pos[0]}, grid position {tuple(pos[2:])}"
             )
-        return torch.where(log, torch.log(torch.where(log, x, torch.ones_like(x))), x)
+        return torch.log(x_log)
 
     def forward(self, x: Tensor) -> Tensor:
         """``z = (g_c(x) - mean_c) / std_c``; ``x`` ``[B, C, *spatial]`` in data units -> ``z`` same shape."""
-        mean, std, log = self._stats(x)
-        return (self._g(x, log) - mean) / std
+        mean, std, idx = self._stats(x)
+        g = x.index_copy(1, idx, self._log_x(x, idx)) if idx.numel() else x
+        return (g - mean) / std
 
     __call__ = forward
 
+    @torch.no_grad()
+    def forward_(self, x: Tensor) -> Tensor:
+        """:meth:`forward` in place on ``x`` (no autograd), to save memory when streaming data."""
+        mean, std, idx = self._stats(x)
+        if idx.numel():
+            x[:, idx] = self._log_x(x, idx)
+        return x.sub_(mean).div_(std)
+
     def inverse(self, z: Tensor) -> Tensor:
         """``x = g_c^{-1}(mean_c + std_c z)``; ``z`` ``[B, C, *spatial]`` -> fields in data units."""
-        mean, std, log = self._stats(z)
+        mean, std, idx = self._stats(z)
         u = mean + std * z
-        return torch.where(log, torch.exp(u), u) if self.log.any() else u
+        return u.index_copy(1, idx, torch.exp(u.index_select(1, idx))) if idx.numel() else u
 
     def log_abs_det_jacobian(self, x: Tensor) -> Tensor:
         """``log|det dz/dx|`` per sample, ``[B]``, of the map ``x -> z`` at ``x`` ``[B, C, *spatial]``.
@@ -225,11 +241,12 @@ class Normalizer:
         Equals ``sum over elements of (-log std_c - [log channel] log x)``; add it to
         the model's ``log p(z)`` (nats) to get ``log p(x)`` in the data's units.
         """
-        _, std, log = self._stats(x)
-        per_element = -torch.log(std).expand_as(x)
-        if self.log.any():
-            per_element = per_element - torch.where(log, self._g(x, log), torch.zeros_like(x))
-        return per_element.flatten(1).sum(dim=1)
+        _, std, idx = self._stats(x)
+        points = math.prod(x.shape[2:])
+        out = (-torch.log(std).sum() * points) * x.new_ones(x.shape[0])
+        if idx.numel():
+            out = out - self._log_x(x, idx).flatten(1).sum(dim=1)
+        return out
 
     # -- saving ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -281,14 +298,22 @@ def _check_finite(values: np.ndarray, index: np.ndarray, file: str, channels: Se
 
 
 def _check_positive(
-    values: np.ndarray, index: np.ndarray, file: str, channels: Sequence[str], variables: Sequence[str]
+    values: np.ndarray,
+    index: np.ndarray,
+    file: str,
+    channels: Sequence[str],
+    variables: Sequence[str],
+    log: np.ndarray,
 ) -> None:
-    bad = values <= 0
-    if bad.any():
-        pos = tuple(int(i) for i in np.argwhere(bad)[0])
-        name = variables[pos[1]]
-        chan = f" (channel {channels[pos[1]]!r})" if channels[pos[1]] != name else ""
-        raise DataError(
-            f"{file}: variable {name!r}{chan} has value {values[pos]} <= 0 at sample {index[pos[0]]}, "
-            f"grid position {pos[2:]}; the log transform needs positive values (remove it from log=[...])"
-        )
+    """Raise if a log channel of ``values`` ``[n, C, *spatial]`` holds a value <= 0."""
+    for c in np.flatnonzero(log):
+        bad = values[:, c] <= 0
+        if bad.any():
+            pos = tuple(int(i) for i in np.argwhere(bad)[0])
+            name = variables[c]
+            chan = f" (channel {channels[c]!r})" if channels[c] != name else ""
+            raise DataError(
+                f"{file}: variable {name!r}{chan} has value {values[(pos[0], c, *pos[1:])]} <= 0 at sample "
+                f"{index[pos[0]]}, grid position {pos[1:]}; the log transform needs positive values "
+                "(remove it from log=[...])"
+            )

@@ -34,7 +34,7 @@ SPATIAL_DIM_NAMES = frozenset({
 #: dim names taken as a channel axis when ``channel_dim`` is not given (case-insensitive)
 CHANNEL_DIM_NAMES = frozenset({"channel", "channels"})
 
-_CHUNK_BYTES = 16 * 2**20  # default chunk: about 16 MiB of float64 fields
+_CHUNK_BYTES = 8 * 2**20  # default chunk: about 8 MiB of float64 fields
 
 
 @dataclass(frozen=True, eq=False)
@@ -363,7 +363,7 @@ class FieldSource:
 
     @property
     def default_chunk_size(self) -> int:
-        """Samples per chunk so that a chunk holds about 16 MiB of float64 values."""
+        """Samples per chunk so that a chunk holds about 8 MiB of float64 values."""
         per_sample = 8 * self.num_channels * math.prod(self.spatial_shape)
         return max(1, _CHUNK_BYTES // per_sample)
 
