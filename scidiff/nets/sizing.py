@@ -29,7 +29,9 @@ def count_parameters(module: nn.Module, *, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
-def _sdpa_flops(query_shape: Sequence[int], key_shape: Sequence[int], value_shape: Sequence[int], *args: Any, **kwargs: Any) -> int:
+def _sdpa_flops(
+    query_shape: Sequence[int], key_shape: Sequence[int], value_shape: Sequence[int], *args: Any, **kwargs: Any
+) -> int:
     """FLOPs of softmax(Q K^T) V for Q [..., L, d], K [..., S, d], V [..., S, d_v]: 2 L S (d + d_v) per batch entry."""
     *batch, L, d = query_shape
     S, d_v = key_shape[-2], value_shape[-1]
@@ -199,7 +201,8 @@ def summary(
     widths = [max(len(row[i]) for row in table) for i in range(5)]
     lines = [f"{type(net).__name__} at input {list(shape)}"]
     for i, row in enumerate(table):
-        lines.append("  ".join(cell.ljust(w) if j in (0, 1, 4) else cell.rjust(w) for j, (cell, w) in enumerate(zip(row, widths))).rstrip())
+        cells = (cell.ljust(w) if j in (0, 1, 4) else cell.rjust(w) for j, (cell, w) in enumerate(zip(row, widths)))
+        lines.append("  ".join(cells).rstrip())
         if i == 0:
             lines.append("-" * len(lines[-1]))
     total_params = count_parameters(net)
