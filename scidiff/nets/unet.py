@@ -23,7 +23,13 @@ from scidiff.nets.layers import Upsample, conv, crop_to, group_norm, pad_to_mult
 def check_dtype(net: str, module: nn.Module, x: Tensor) -> None:
     """Raise TypeError when x's dtype differs from the network's parameters (outside autocast)."""
     param = next(module.parameters(), None)
-    if param is None or param.dtype == x.dtype or torch.is_autocast_enabled(x.device.type):
+    if param is None or param.dtype == x.dtype:
+        return
+    try:
+        autocast = torch.is_autocast_enabled(x.device.type)
+    except TypeError:  # torch < 2.4 takes no device type
+        autocast = torch.is_autocast_enabled()
+    if autocast:
         return
     raise TypeError(
         f"{net} parameters are {param.dtype} but x is {x.dtype}: convert the network with "
