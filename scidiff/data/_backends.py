@@ -111,7 +111,8 @@ class XarrayBackend:
         import xarray as xr
 
         self.path = path
-        self.ds = xr.open_dataset(path, engine=engine, group=group, cache=False)
+        extra = {"phony_dims": "sort"} if engine == "h5netcdf" else {}  # datasets without dimension scales
+        self.ds = xr.open_dataset(path, engine=engine, group=group, cache=False, **extra)
 
     def names(self) -> tuple[list[str], list[str]]:
         return [str(n) for n in self.ds.data_vars], [str(n) for n in self.ds.coords]

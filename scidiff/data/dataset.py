@@ -92,6 +92,7 @@ class FieldDataset(IterableDataset):
         self.dtype = dtype
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
+        self._own_handle = False
         train, val = split_indices(source.num_samples, val_fraction=val_fraction, seed=seed)
         self.indices: np.ndarray = {"train": train, "val": val, "all": np.arange(source.num_samples)}[split]
         if self.indices.size == 0:
@@ -139,6 +140,9 @@ class FieldDataset(IterableDataset):
     def __iter__(self) -> Iterator[Tensor | tuple[Tensor, Tensor]]:
         worker = get_worker_info()
         wid, nw = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        if worker is not None and not self._own_handle:
+            # a forked worker must not share the parent's HDF5 handle: open its own
+            self.source, self._own_handle = self.source.detached(), True
         shard, num_shards = self.rank * nw + wid, self.world_size * nw
         plan = plan_chunks(self.source.num_samples, self.indices, self.chunk_size)
         rng = np.random.default_rng([self.seed, self.epoch])

@@ -9,6 +9,7 @@ one slice ``[start:stop]`` along the sample dim.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -458,6 +459,12 @@ class FieldSource:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def detached(self) -> FieldSource:
+        """A copy that opens its own file handle on first read (for a forked DataLoader worker)."""
+        clone = copy.copy(self)
+        clone._backend = None
+        return clone
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
