@@ -464,3 +464,83 @@ def test_template_survives_json_and_rejects_bad_shapes(nc: tuple[Path, xr.Datase
     xr.testing.assert_identical(a.drop_attrs(deep=False), b.drop_attrs(deep=False))
     with pytest.raises(ValueError, match=r"shape \(2, 1, 8, 6\).*\[n, 2, 8, 6\]"):
         fields_to_dataset(x[:, :1], template, provenance={})
+
+
+# --------------------------------------------------------------------------- more layouts
+
+
+def test_channel_dim_with_labels_round_trip(tmp_path: Path) -> None:
+    rng = np.random.default_rng(11)
+    u = rng.normal(size=(6, 2, 4, 5))
+    ds = xr.Dataset(
+        {"wind": (("time", "component", "lat", "lon"), u, {"units": "m s-1"}),
+         "p": (("time", "lat", "lon"), rng.normal(size=(6, 4, 5)), {"units": "Pa"})},
+        coords={"component": ["east", "north"], "lat": np.linspace(-10, 10, 4), "lon": np.linspace(0, 40, 5)},
+    )
+    path = tmp_path / "wind.nc"
+    ds.to_netcdf(path, engine="h5netcdf")
+    src = open_fields(path, ["wind", "p"], channel_dim="component")
+    assert src.channels == ("wind[east]", "wind[north]", "p") and src.spatial_dims == ("lat", "lon")
+    x = src.read(0, 6).x
+    np.testing.assert_array_equal(x[:, :2].numpy(), u)
+    out = fields_to_dataset(x, src.template, provenance={})
+    assert out["wind"].dims == ("sample", "component", "lat", "lon")
+    assert out["component"].values.tolist() == ["east", "north"]
+    np.testing.assert_array_equal(out["wind"].values, u)
+    np.testing.assert_array_equal(out["p"].values, ds["p"].values)
+    # without naming the channel dim, 'component' is an unexplained dim
+    with pytest.raises(DataError, match=r"wind\.nc.*\['component'\].*channel_dim="):
+        open_fields(path, "wind")
+
+
+def test_one_and_three_dimensional_grids_and_integer_fields(tmp_path: Path) -> None:
+    rng = np.random.default_rng(12)
+    line = rng.integers(0, 100, size=(7, 16)).astype(np.int32)
+    vol = rng.normal(size=(3, 4, 5, 6))
+    path = tmp_path / "grids.nc"
+    xr.Dataset({"counts": (("run", "x"), line), "vol": (("member", "z", "y", "x2"), vol)}).to_netcdf(path, engine="h5netcdf")
+    src1 = open_fields(path, "counts")
+    assert (src1.sample_dim, src1.spatial_dims, src1.shape) == ("run", ("x",), (7, 1, 16))
+    np.testing.assert_array_equal(src1.read(0, 7).x[:, 0].numpy(), line.astype(np.float64))
+    src3 = open_fields(path, "vol", spatial_dims=("z", "y", "x2"))
+    assert src3.sample_dim == "member" and src3.spatial_shape == (4, 5, 6)
+    np.testing.assert_array_equal(src3.read(1, 3).x[:, 0].numpy(), vol[1:3])
+
+
+def test_fill_value_is_reported_as_missing(tmp_path: Path) -> None:
+    data = np.ones((8, 3, 3), dtype=np.float32)
+    data[5, 2, 0] = -999.0
+    path = tmp_path / "fill.nc"
+    xr.Dataset({"h": (("time", "y", "x"), data)}).to_netcdf(
+        path, engine="h5netcdf", encoding={"h": {"_FillValue": -999.0}}
+    )
+    with pytest.raises(DataError, match=r"fill\.nc.*'h'.*fill value.*sample 5.*y=2, x=0"):
+        open_fields(path, "h").read(0, 8)
+
+
+def test_distributed_shares_are_disjoint_and_equal(tmp_path: Path) -> None:
+    path, _ = _indexed_file(tmp_path, n=41)
+    src = open_fields(path, "fields", cond="index")
+    seen = []
+    for rank in range(2):
+        ds = FieldDataset(src, split="train", val_fraction=0.1, chunk_size=4, rank=rank, world_size=2)
+        seen.append([int(c.item()) for _, c in ds])
+    assert len(seen[0]) == len(seen[1]) > 0
+    assert set(seen[0]).isdisjoint(seen[1])
+    assert set(seen[0]) | set(seen[1]) <= set(ds.indices.tolist())
+    assert len(ds) - 2 * len(seen[0]) <= 4  # shares differ by at most one chunk (4 samples)
+
+
+def test_normalizer_from_tensors_follows_input_dtype() -> None:
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(30, 2, 5, generator=gen, dtype=torch.float64) * torch.tensor([1.0, 3.0]).view(1, 2, 1) + 2.0
+    norm = Normalizer.fit([x[:13], x[13:]], channels=["a", "b"], progress=False)
+    np.testing.assert_allclose(norm.mean.numpy(), x.mean(dim=(0, 2)).numpy(), rtol=1e-13)
+    np.testing.assert_allclose(norm.std.numpy(), x.std(dim=(0, 2), correction=0).numpy(), rtol=1e-13)
+    z32 = norm.forward(x.float())
+    assert z32.dtype == torch.float32
+    torch.testing.assert_close(z32, norm.forward(x).float(), rtol=1e-5, atol=1e-5)
+    bad = x.clone()
+    bad[4, 1, 2] = float("nan")
+    with pytest.raises(DataError, match=r"'b'.*nan.*sample 4"):
+        Normalizer.fit([bad], channels=["a", "b"], progress=False)

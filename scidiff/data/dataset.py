@@ -42,7 +42,10 @@ class FieldDataset(IterableDataset):
     shuffled order (seeded by ``seed`` and the epoch, see :meth:`set_epoch`), and
     samples are shuffled within a buffer of ``shuffle_chunks`` chunks; memory stays
     at about ``shuffle_chunks`` chunks.  DataLoader workers (and ``rank`` out of
-    ``world_size`` processes) each take a disjoint share of the chunks.
+    ``world_size`` processes) each take a disjoint share of the chunks; with
+    ``world_size > 1`` every share is cut to the smallest one, so that all ranks
+    take the same number of steps (a few samples per epoch are skipped, different
+    ones each epoch).
 
     Args:
         source: the opened file.
@@ -137,18 +140,44 @@ class FieldDataset(IterableDataset):
         x, cond = self._prepare(self.source.read(j, j + 1))
         return x[0] if cond is None else (x[0], cond[0])
 
+    def _shares(self, num_shards: int) -> tuple[list[tuple[int, int, np.ndarray]], list[np.ndarray], int | None]:
+        """The chunk plan, each shard's chunks for this epoch, and the per-shard sample quota.
+
+        Chunks are dealt greedily so that shares differ by at most one chunk.  Under
+        distributed training (``world_size > 1``) every shard stops after the smallest
+        shard's number of samples, so all ranks run the same number of steps.
+        """
+        plan = plan_chunks(self.source.num_samples, self.indices, self.chunk_size)
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(plan)) if self.shuffle else np.arange(len(plan))
+        # deal the chunks, in shuffled order, each to the share with the fewest samples so far
+        shares_list: list[list[int]] = [[] for _ in range(num_shards)]
+        counts = np.zeros(num_shards, dtype=np.int64)
+        for k in order:
+            s = int(np.argmin(counts))
+            shares_list[s].append(int(k))
+            counts[s] += len(plan[k][2])
+        shares = [np.asarray(share, dtype=np.int64) for share in shares_list]
+        if self.world_size == 1:
+            return plan, shares, None
+        if len(plan) < num_shards:
+            raise ValueError(
+                f"{self.source.path.name}: the {self.split!r} split has {len(plan)} chunks for {num_shards} "
+                f"readers (world_size x num_workers); lower chunk_size (now {self.chunk_size})"
+            )
+        return plan, shares, int(counts.min())
+
     def __iter__(self) -> Iterator[Tensor | tuple[Tensor, Tensor]]:
         worker = get_worker_info()
         wid, nw = (worker.id, worker.num_workers) if worker is not None else (0, 1)
         if worker is not None and not self._own_handle:
             # a forked worker must not share the parent's HDF5 handle: open its own
             self.source, self._own_handle = self.source.detached(), True
-        shard, num_shards = self.rank * nw + wid, self.world_size * nw
-        plan = plan_chunks(self.source.num_samples, self.indices, self.chunk_size)
-        rng = np.random.default_rng([self.seed, self.epoch])
-        order = rng.permutation(len(plan)) if self.shuffle else np.arange(len(plan))
-        mine = order[shard::num_shards]
+        shard = self.rank * nw + wid
+        plan, shares, quota = self._shares(self.world_size * nw)
         local = np.random.default_rng([self.seed, self.epoch, shard])
+        mine = shares[shard]
+        left = quota
         for b in range(0, len(mine), self.shuffle_chunks):
             xs, conds = [], []
             for k in mine[b : b + self.shuffle_chunks]:
@@ -164,6 +193,10 @@ class FieldDataset(IterableDataset):
             rows = [(k, i) for k, x in enumerate(xs) for i in range(x.shape[0])]
             order = local.permutation(len(rows)) if self.shuffle else range(len(rows))
             for j in order:
+                if left is not None:
+                    if left == 0:
+                        return
+                    left -= 1
                 k, i = rows[j]
                 yield xs[k][i] if conds[k] is None else (xs[k][i], conds[k][i])
 

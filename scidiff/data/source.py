@@ -358,6 +358,11 @@ class FieldSource:
         return {v.name: v.units for v in self.template.variables}
 
     @property
+    def coords(self) -> dict[str, CoordTemplate]:
+        """The spatial (and channel) coordinates: name -> dims, values, attrs."""
+        return {c.name: c for c in self.template.coords}
+
+    @property
     def attrs(self) -> dict[str, Any]:
         """The file's (or group's) global attributes."""
         return self.template.attrs
