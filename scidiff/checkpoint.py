@@ -425,7 +425,8 @@ def _read_verified(ckpt: Path, name: str, meta: dict[str, Any]) -> bytes:
         raise CheckpointError(f"checkpoint {str(ckpt)!r} is incomplete: {name} is missing")
     data = file.read_bytes()
     record = meta.get("files", {}).get(name)
-    if record is not None and hashlib.sha256(data).hexdigest() != record.get("sha256"):
+    expected = None if record is None else record.get("sha256")
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
         raise CheckpointError(
             f"{str(file)!r} is corrupt or truncated ({len(data)} bytes, expected {record.get('bytes')}; sha256 mismatch)"
         )
