@@ -442,10 +442,16 @@ def test_loglik_dataset_and_csv(nc: tuple[Path, xr.Dataset], tmp_path: Path) -> 
     log_prob = torch.tensor([-10.5, -3.25, 7.0], dtype=torch.float64)
     D = 2 * H * W
     bpd = -log_prob / (D * math.log(2))
-    ds = loglik_to_dataset(log_prob, bpd, src.template, provenance={"model": "m", "nfe": 98}, index=[4, 0, 2],
+    provenance = {"model": "m", "nfe": 98, "guidance": {"scale": 1.5}, "ema": True, "note": None,
+                  "t_min": torch.tensor(1e-3)}
+    ds = loglik_to_dataset(log_prob, bpd, src.template, provenance=provenance, index=[4, 0, 2],
                            cond=src.cond[[4, 0, 2]])
     assert ds["log_prob"].attrs["units"] == "nat" and ds.attrs["nfe"] == 98
     write_netcdf(ds, tmp_path / "ll.nc")
+    with xr.open_dataset(tmp_path / "ll.nc", engine="h5netcdf") as back:
+        np.testing.assert_array_equal(back["log_prob"].values, log_prob.numpy())
+        assert json.loads(back.attrs["guidance"]) == {"scale": 1.5} and back.attrs["ema"] == 1
+        assert back.attrs["t_min"] == pytest.approx(1e-3, rel=1e-6)
     csv = write_csv(ds, tmp_path / "ll.csv")
     table = np.genfromtxt(csv, delimiter=",", names=True, comments="#")
     np.testing.assert_array_equal(table["log_prob"], log_prob.numpy())

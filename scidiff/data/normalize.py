@@ -21,7 +21,8 @@ Golub & LeVeque (1979), in float64, so files larger than memory are fine.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -102,12 +103,16 @@ class Normalizer:
         num = self.mean.numel()
         if self.std.numel() != num:
             raise ValueError(f"mean has {num} channels but std has {self.std.numel()}")
-        if not torch.isfinite(self.mean).all() or not (self.std > 0).all() or not torch.isfinite(self.std).all():
-            raise ValueError(f"std must be positive and finite and mean finite, got mean={self.mean.tolist()}, std={self.std.tolist()}")
+        if not (torch.isfinite(self.mean).all() and torch.isfinite(self.std).all() and (self.std > 0).all()):
+            raise ValueError(
+                f"mean must be finite and std positive and finite, got mean={self.mean.tolist()}, "
+                f"std={self.std.tolist()}"
+            )
         self.log = torch.zeros(num, dtype=torch.bool) if log is None else torch.as_tensor(list(log), dtype=torch.bool)
         if self.log.numel() != num:
             raise ValueError(f"log has {self.log.numel()} entries for {num} channels")
-        self.channels: tuple[str, ...] = tuple(channels) if channels is not None else tuple(f"channel {i}" for i in range(num))
+        default = tuple(f"channel {i}" for i in range(num))
+        self.channels: tuple[str, ...] = default if channels is None else tuple(channels)
         if len(self.channels) != num:
             raise ValueError(f"channels {self.channels} do not match the {num} statistics")
         self.count = int(count)
@@ -140,52 +145,32 @@ class Normalizer:
         """
         from tqdm.auto import tqdm
 
-        from scidiff.data.dataset import FieldDataset
-
-        if isinstance(log, str):
-            log = (log,)
-        file, variables = "data", None
-        if isinstance(data, FieldDataset):
-            source = data.source
-            chunks: Iterable[Any] = data.iter_chunks(chunk_size=chunk_size)
-            total: int | None = data.num_chunks(chunk_size)
-        elif isinstance(data, FieldSource):
-            source = data
-            chunks = data.iter_chunks(chunk_size=chunk_size)
-            total = math.ceil(len(data) / (chunk_size or data.default_chunk_size))
-        else:
-            source, chunks, total = None, data, None
-        if source is not None:
-            channels, variables, file = source.channels, source.channel_variables, source.path.name
-        log_mask = _log_mask(log, channels, variables)
+        log = (log,) if isinstance(log, str) else tuple(log)
+        stream = _stream(data, chunk_size, channels)
         moments: RunningMoments | None = None
-        offset = 0
-        for chunk in tqdm(chunks, total=total, desc="fitting normaliser", disable=not progress, leave=False):
-            x, index = (chunk.x, chunk.index) if isinstance(chunk, FieldChunk) else (torch.as_tensor(chunk), None)
-            values = x.detach().to("cpu", torch.float64).numpy()
-            if index is None:
-                index = np.arange(offset, offset + values.shape[0])
-                _check_finite(values, index, file, channels)
-            offset += values.shape[0]
+        names: tuple[str, ...] = ()
+        log_mask = np.zeros(0, dtype=bool)
+        bar = tqdm(stream.chunks, total=stream.total, desc="fitting normaliser", disable=not progress, leave=False)
+        for values, index in bar:
             if moments is None:
-                channels = channels or tuple(f"channel {i}" for i in range(values.shape[1]))
-                log_mask = _log_mask(log, channels, variables)
-                moments = RunningMoments(values.shape[1])
-            if values.shape[1] != len(channels):
-                raise ValueError(f"chunk has {values.shape[1]} channels, expected {len(channels)}")
+                names = stream.channels or tuple(f"channel {i}" for i in range(values.shape[1]))
+                log_mask = _log_mask(log, names, stream.variables or names)
+                moments = RunningMoments(len(names))
+            if values.shape[1] != len(names):
+                raise ValueError(f"{stream.file}: a chunk has {values.shape[1]} channels, expected {len(names)}")
             if log_mask.any():
-                _check_positive(values, index, file, channels, variables or channels, log_mask)
+                _check_positive(values, index, stream.file, names, stream.variables or names, log_mask)
             moments.update(values, log=log_mask)
         if moments is None or moments.count == 0:
-            raise DataError(f"{file}: no samples to fit the normaliser on (empty split?)")
+            raise DataError(f"{stream.file}: no samples to fit the normaliser on (empty split?)")
         std = moments.std
         if (std == 0).any():
             c = int(np.argmax(std == 0))
             raise DataError(
-                f"{file}: channel {channels[c]!r} is constant ({moments.mean[c]}) over the training split, "
+                f"{stream.file}: channel {names[c]!r} is constant ({moments.mean[c]}) over the training split, "
                 "so it cannot be standardised; drop it from the variables"
             )
-        return cls(moments.mean, std, log=log_mask.tolist(), channels=channels, count=moments.count)
+        return cls(moments.mean, std, log=log_mask.tolist(), channels=names, count=moments.count)
 
     # -- the map -----------------------------------------------------------------------
     def _stats(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -276,13 +261,48 @@ class Normalizer:
         return "Normalizer(" + "; ".join(parts) + ")"
 
 
-def _log_mask(log: Sequence[str], channels: Sequence[str] | None, variables: Sequence[str] | None) -> np.ndarray:
+@dataclass
+class _Stream:
+    """Chunks ``(values [n, C, *spatial] float64, sample index [n])`` and what names them."""
+
+    chunks: Iterable[tuple[np.ndarray, np.ndarray]]
+    total: int | None
+    channels: tuple[str, ...] | None
+    variables: tuple[str, ...] | None
+    file: str
+
+
+def _stream(data: Any, chunk_size: int | None, channels: Sequence[str] | None) -> _Stream:
+    """Chunks of a FieldDataset's split, of a whole FieldSource, or of an iterable of tensors."""
+    from scidiff.data.dataset import FieldDataset
+
+    if isinstance(data, FieldDataset):
+        src: FieldSource = data.source
+        chunks: Iterable[FieldChunk] = data.iter_chunks(chunk_size=chunk_size)
+        total = data.num_chunks(chunk_size)
+    elif isinstance(data, FieldSource):
+        src = data
+        chunks = data.iter_chunks(chunk_size=chunk_size)
+        total = math.ceil(len(data) / (chunk_size or data.default_chunk_size))
+    else:
+        names = None if channels is None else tuple(channels)
+        return _Stream(_tensor_chunks(data, names), None, names, None, "data")
+    pairs = ((c.x.numpy(), c.index) for c in chunks)  # the source checked NaN / inf already
+    return _Stream(pairs, total, src.channels, src.channel_variables, src.path.name)
+
+
+def _tensor_chunks(data: Iterable[Tensor], channels: tuple[str, ...] | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    offset = 0
+    for x in data:
+        values = torch.as_tensor(x).detach().to("cpu", torch.float64).numpy()
+        index = np.arange(offset, offset + values.shape[0])
+        _check_finite(values, index, "data", channels)
+        offset += values.shape[0]
+        yield values, index
+
+
+def _log_mask(log: Sequence[str], channels: Sequence[str], variables: Sequence[str]) -> np.ndarray:
     """Boolean ``[C]``: channels whose name or variable name is in ``log``."""
-    if channels is None:
-        if log:
-            raise ValueError("log=... needs channel names: pass channels=[...] with an iterable of tensors")
-        return np.zeros(0, dtype=bool)
-    variables = variables or channels
     unknown = [n for n in log if n not in channels and n not in variables]
     if unknown:
         raise ValueError(f"log={list(log)} names {unknown}, which are not among the channels {list(channels)}")

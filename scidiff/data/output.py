@@ -22,7 +22,11 @@ __all__ = ["fields_to_dataset", "loglik_to_dataset", "write_netcdf", "write_csv"
 
 
 def _netcdf_attr(value: Any) -> Any:
-    """An attribute value netCDF can store: str, number, or a 1-D numeric array."""
+    """An attribute value netCDF can store: str, number, 1-D numeric array; anything else as JSON or text."""
+    if isinstance(value, Tensor):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
     if isinstance(value, (bool, np.bool_)):
         return int(value)
     if isinstance(value, (str, int, float, np.integer, np.floating)):
@@ -31,12 +35,11 @@ def _netcdf_attr(value: Any) -> Any:
         return "none"
     if isinstance(value, (list, tuple, np.ndarray)):
         arr = np.asarray(value)
-        if arr.ndim == 1 and arr.dtype.kind in "iuf" and arr.size:
+        if arr.ndim == 1 and arr.size and arr.dtype.kind in "iuf":
             return arr
-    if isinstance(value, Mapping) or isinstance(value, (list, tuple)):
+        return json.dumps(arr.tolist(), default=str)
+    if isinstance(value, Mapping):
         return json.dumps(value, default=str)
-    if isinstance(value, Tensor) and value.numel() == 1:
-        return value.item()
     return str(value)
 
 
@@ -53,7 +56,9 @@ def provenance_attrs(provenance: Mapping[str, Any], template: FieldTemplate | No
     from scidiff._version import __version__
 
     if not isinstance(provenance, Mapping):
-        raise TypeError(f"provenance must be a mapping such as {{'model': ..., 'seed': 0}}, got {type(provenance).__name__}")
+        raise TypeError(
+            f"provenance must be a mapping such as {{'model': ..., 'seed': 0}}, got {type(provenance).__name__}"
+        )
     attrs: dict[str, Any] = {str(k): _netcdf_attr(v) for k, v in provenance.items()}
     attrs["scidiff_version"] = __version__
     attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -71,7 +76,7 @@ def _history(template: FieldTemplate, what: str) -> str:
     return f"{old}\n{line}" if old else line
 
 
-def _numpy(x: Tensor | np.ndarray, name: str) -> np.ndarray:
+def _numpy(x: Tensor | np.ndarray) -> np.ndarray:
     if isinstance(x, Tensor):
         x = x.detach().to("cpu")
         if x.dtype in (torch.bfloat16, torch.float16):
@@ -85,7 +90,7 @@ def _sample_coords(
 ) -> dict[str, Any]:
     coords: dict[str, Any] = {sample_dim: (sample_dim, np.arange(n))}
     if cond is not None:
-        cond = _numpy(cond, "cond").reshape(n, -1)
+        cond = _numpy(cond).reshape(n, -1)
         if cond.shape[1] != len(template.cond_names):
             raise ValueError(
                 f"cond has {cond.shape[1]} columns but the template's parameters are {list(template.cond_names)}"
@@ -113,7 +118,7 @@ def fields_to_dataset(
     """
     import xarray as xr
 
-    values = _numpy(x, "x")
+    values = _numpy(x)
     C, spatial = template.num_channels, tuple(template.spatial_shape)
     if values.ndim != 2 + len(spatial) or values.shape[1] != C or tuple(values.shape[2:]) != spatial:
         raise ValueError(
@@ -164,8 +169,8 @@ def loglik_to_dataset(
     """
     import xarray as xr
 
-    lp = _numpy(log_prob, "log_prob").reshape(-1)
-    bpd = _numpy(bits_per_dim, "bits_per_dim").reshape(-1)
+    lp = _numpy(log_prob).reshape(-1)
+    bpd = _numpy(bits_per_dim).reshape(-1)
     if lp.shape != bpd.shape:
         raise ValueError(f"log_prob has shape {lp.shape} but bits_per_dim {bpd.shape}")
     n = lp.shape[0]
@@ -174,7 +179,8 @@ def loglik_to_dataset(
         idx = np.asarray(index).reshape(-1)
         if idx.shape != (n,):
             raise ValueError(f"index has {idx.size} entries for {n} log-likelihoods")
-        coords["source_index"] = (sample_dim, idx, {"long_name": f"position along {template.sample_dim!r} in the source"})
+        long_name = f"position along {template.sample_dim!r} in the source"
+        coords["source_index"] = (sample_dim, idx, {"long_name": long_name})
     D = template.num_channels * int(np.prod(template.spatial_shape))
     data_vars = {
         "log_prob": (sample_dim, lp, {
