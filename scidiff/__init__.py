@@ -28,11 +28,14 @@ _EXPORTS: dict[str, str] = {
     "DPSGuidance": "scidiff.guidance",
     # networks
     "UNet": "scidiff.nets",
+    "NoisyEncoder": "scidiff.nets",
+    # closed-form references
+    "GaussianMixture": "scidiff.analytic",
 }
 
 _SUBMODULES = {
     "schedules", "sde", "ddpm", "models", "sampling", "likelihood", "guidance",
-    "nets", "data", "simulators", "training", "metrics", "plots", "cli",
+    "nets", "data", "simulators", "training", "metrics", "plots", "cli", "analytic",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -60,7 +63,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from scidiff.guidance import ClassifierGuidance, DPSGuidance
     from scidiff.likelihood import LikelihoodResult, log_likelihood
     from scidiff.models import ScoreModel
-    from scidiff.nets import UNet
+    from scidiff.analytic import GaussianMixture
+    from scidiff.nets import NoisyEncoder, UNet
     from scidiff.sampling import SampleResult, sample
     from scidiff.schedules import CosineSchedule, LinearSchedule
     from scidiff.sde import VPSDE
