@@ -6,6 +6,9 @@ e = k // n_batches uses the permutation of ``torch.utils.data.DistributedSampler
 (k mod n_batches)-th slice.  A resumed run therefore sees exactly the batches the
 uninterrupted run would have seen, without storing any data-loader state.
 
+An iterable dataset or a DataLoader has its own order; the trainer records how far into
+which epoch it is (``BatchSource.position``) and a resumed run skips to there.
+
 A Dataset item is a field x [C, *spatial], a pair (x, cond) with cond [P], or a dict
 with keys "x" and optionally "cond".
 """
@@ -18,7 +21,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
 
 __all__ = ["BatchSource", "split_item", "check_fields", "describe_expected"]
 
@@ -54,12 +57,17 @@ class BatchSource:
     """Per-rank batches (x [b, C, *spatial], cond [b, P] or None) for every optimiser step.
 
     Args:
-        data: fields [N, C, *spatial] (a tensor), a map-style Dataset, or a DataLoader (used
-            as it is: its own batch size and order; ``set_epoch`` is called on its sampler).
+        data: fields [N, C, *spatial] (a tensor); a map-style Dataset (batched here with the
+            DistributedSampler permutation); an IterableDataset (e.g. ``scidiff.data.FieldDataset``,
+            which shards itself by its own ``rank`` / ``world_size``; ``set_epoch`` is called each
+            epoch); or a DataLoader (used as it is: its own batch size and order).
         cond: conditioning [N, P] when ``data`` is a tensor.
-        batch_size: the per-rank batch size b.
+        batch_size: the per-rank batch size b (not used for a DataLoader).
         seed, rank, world_size: see the module docstring.
         num_workers: DataLoader workers for a Dataset.
+
+    ``position`` = (epoch, batches taken in that epoch) after the latest batch; passing it
+    back to :meth:`batches` continues exactly there.
     """
 
     def __init__(
@@ -82,31 +90,56 @@ class BatchSource:
         self.num_workers = num_workers
         self.loader: DataLoader | None = None
         self.dataset: Dataset | None = None
+        self.iterable = False
         self.x: Tensor | None = None
         self.cond: Tensor | None = None
+        self.n_batches: int | None = None
+        self.position: tuple[int, int] = (0, 0)
+        if cond is not None and not isinstance(data, Tensor):
+            raise ValueError(
+                f"cond must be None when {name} is a {type(data).__name__} (let it yield (x, cond) pairs)"
+            )
         if isinstance(data, DataLoader):
-            if cond is not None:
-                raise ValueError(f"cond must be None when {name} is a DataLoader (let it yield (x, cond) pairs)")
             self.loader = data
-            self.n_batches = len(data)
-            if world_size > 1 and not isinstance(getattr(data, "sampler", None), DistributedSampler):
+            if world_size > 1 and not isinstance(getattr(data, "sampler", None), DistributedSampler) and not (
+                isinstance(data.dataset, IterableDataset) and getattr(data.dataset, "world_size", 1) == world_size
+            ):
                 warnings.warn(
-                    f"{name} is a DataLoader without a DistributedSampler: every rank sees the same batches",
+                    f"{name} is a DataLoader that is not sharded across the {world_size} ranks: every rank "
+                    "sees the same batches",
                     stacklevel=3,
                 )
+        elif isinstance(data, IterableDataset):
+            shards = getattr(data, "world_size", None)
+            if world_size > 1 and shards != world_size:
+                raise ValueError(
+                    f"{name} ({type(data).__name__}) is sharded for world_size={shards} but the run has "
+                    f"{world_size} ranks; build it with rank={rank}, world_size={world_size}"
+                )
+            self.dataset, self.iterable = data, True
         else:
             n = self._set_data(data, cond)
             self.sampler = DistributedSampler(
                 _Sized(n), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=False
             )
-            per_rank = len(self.sampler)
-            self.n_batches = per_rank // batch_size
+            self.n_batches = len(self.sampler) // batch_size
             if self.n_batches == 0:
                 raise ValueError(
                     f"{name} has {n} fields, fewer than one batch per rank ({batch_size} per rank on "
                     f"{world_size} rank(s)); use more data or a smaller batch_size"
                 )
 
+    def start_position(self, step: int) -> tuple[int, int]:
+        """(epoch, offset) of step ``step`` when no position was recorded (exact for tensors/Datasets)."""
+        if self.n_batches is None:
+            if step:
+                warnings.warn(
+                    f"{self.name} is an iterable or a DataLoader and no data position was recorded: restarting "
+                    "its order at epoch 0",
+                    stacklevel=3,
+                )
+            return (0, 0)
+        return divmod(step, self.n_batches)
     def _set_data(self, data: Tensor | Dataset, cond: Tensor | None) -> int:
         if isinstance(data, Tensor):
             if data.ndim < 3:
@@ -137,19 +170,31 @@ class BatchSource:
         b = self.batch_size
         return [idx[i * b : (i + 1) * b] for i in range(self.n_batches)]
 
-    def batches(self, start_step: int = 0) -> Iterator[tuple[Tensor, Tensor | None]]:
-        """Batches for steps start_step, start_step + 1, ... (forever)."""
-        epoch, offset = divmod(start_step, self.n_batches)
+    def batches(self, position: tuple[int, int] = (0, 0)) -> Iterator[tuple[Tensor, Tensor | None]]:
+        """Batches from ``position`` = (epoch, offset) on, forever; updates ``self.position``."""
+        epoch, offset = position
         while True:
-            yield from self._epoch(epoch, offset)
+            taken = offset
+            for batch in self._epoch(epoch, offset):
+                taken += 1
+                self.position = (epoch, taken)
+                yield batch
+            if taken == 0:
+                raise ValueError(f"{self.name} gave no batch in epoch {epoch} (is it empty?)")
             epoch, offset = epoch + 1, 0
 
     def _epoch(self, epoch: int, offset: int) -> Iterator[tuple[Tensor, Tensor | None]]:
-        if self.loader is not None:
-            sampler = getattr(self.loader, "sampler", None)
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch)  # type: ignore[union-attr]
-            for i, batch in enumerate(self.loader):
+        if self.loader is not None or self.iterable:
+            if self.loader is not None:
+                loader = self.loader
+                sampler = getattr(loader, "sampler", None)
+                if hasattr(sampler, "set_epoch"):
+                    sampler.set_epoch(epoch)  # type: ignore[union-attr]
+            else:
+                if hasattr(self.dataset, "set_epoch"):
+                    self.dataset.set_epoch(epoch)  # type: ignore[union-attr]
+                loader = DataLoader(self.dataset, batch_size=self.batch_size, drop_last=True, num_workers=self.num_workers)
+            for i, batch in enumerate(loader):
                 if i >= offset:
                     yield split_item(batch, source=self.name)
             return
@@ -170,6 +215,10 @@ def eval_batches(
     """Every item of ``data`` once, in order, in batches of ``batch_size`` (the last may be smaller)."""
     if isinstance(data, DataLoader):
         for batch in data:
+            yield split_item(batch, source=name)
+        return
+    if isinstance(data, IterableDataset):
+        for batch in DataLoader(data, batch_size=batch_size, num_workers=num_workers):
             yield split_item(batch, source=name)
         return
     if isinstance(data, Tensor):

@@ -163,6 +163,7 @@ class Trainer:
         self.noise_generator = torch.Generator(device=self.device)
         self._rng_ready = False
         self._pending = torch.zeros(3, dtype=torch.float64)
+        self.data_position: tuple[int, int] | None = None
         if config.precision == "bf16" and self.device.type != "cuda":
             warnings.warn(f"precision='bf16' autocasts on CUDA only; training in fp32 on {self.device}", stacklevel=2)
         if resume:
@@ -285,8 +286,8 @@ class Trainer:
         """
         cfg = self.config
         end = cfg.steps if until is None else min(int(until), cfg.steps)
-        if self.normalizer is None and getattr(data, "normalizer", None) is not None:
-            self.normalizer = getattr(data, "normalizer")
+        if self.normalizer is None:
+            self.normalizer = getattr(data, "normalizer", None) or getattr(getattr(data, "dataset", None), "normalizer", None)
         source = BatchSource(
             data, cond, batch_size=cfg.batch_size // self.dist.world_size, seed=cfg.seed,
             rank=self.dist.rank, world_size=self.dist.world_size, num_workers=cfg.num_workers,
@@ -302,7 +303,8 @@ class Trainer:
             bar = tqdm(total=end, initial=self.step, desc="train", dynamic_ncols=True)
         # running [loss sum, grad-norm sum, count] since the last history entry (kept in checkpoints)
         stats = self._pending.to(self.device).clone()
-        batches = source.batches(self.step)
+        position = self.data_position if self.data_position is not None else source.start_position(self.step)
+        batches = source.batches(position)
         try:
             while self.step < end:
                 x, c = next(batches)
@@ -311,6 +313,7 @@ class Trainer:
                 if self.field_shape is None:
                     self.field_shape = tuple(int(s) for s in x.shape[1:])
                 loss, grad_norm = self.train_step(x, c)
+                self.data_position = source.position
                 stats += torch.stack([loss.double(), grad_norm.double(), stats.new_ones(())])
                 entry: dict[str, float] = {}
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
@@ -391,7 +394,8 @@ class Trainer:
             optimizer=self.optimizer, rng=self._rng_state(), normalizer=self.normalizer,
             net_config=self.net_config, field_shape=self.field_shape,
             ddpm=self.ddpm if self.config.loss == "ddpm" else None, history=self.history,
-            extra={"pending_log": self._pending.tolist()},
+            extra={"pending_log": self._pending.tolist(),
+                   "data_position": None if self.data_position is None else list(self.data_position)},
         )
         if path is None:
             assert self.run_dir is not None
@@ -438,6 +442,8 @@ class Trainer:
             self._rng_ready = True
         else:
             self._rng_ready = False
+        position = ckpt.meta.get("extra", {}).get("data_position")
+        self.data_position = None if position is None else (int(position[0]), int(position[1]))
         pending = ckpt.meta.get("extra", {}).get("pending_log")
         if pending is not None and self.dist.is_main and len(pending) == 3:
             self._pending = torch.tensor([float(v) for v in pending], dtype=torch.float64)
