@@ -292,6 +292,7 @@ def test_loader_yields_each_training_sample_once_normalised(tmp_path: Path, num_
     norm = Normalizer([0.5], [2.0], channels=["fields"])
     ds = FieldDataset(src, split="train", val_fraction=0.25, normalizer=norm, chunk_size=5, shuffle_chunks=2)
     loader = make_loader(ds, batch_size=4, num_workers=num_workers)
+    assert loader.normalizer is norm
     orders = []
     for _ in range(2):
         seen = []
@@ -307,6 +308,25 @@ def test_loader_yields_each_training_sample_once_normalised(tmp_path: Path, num_
     assert set(val.indices.tolist()).isdisjoint(ds.indices.tolist())
     x0, c0 = val[0]
     np.testing.assert_allclose(x0.numpy(), data[val.indices[0]].astype(np.float32))
+
+
+def test_random_access_batches_and_read_index(tmp_path: Path) -> None:
+    path, data = _indexed_file(tmp_path)
+    src = open_fields(path, "fields", cond="index")
+    idx = [30, 2, 2, 17, 0, 36, 3]
+    chunk = src.read_index(idx, max_gap=2)
+    np.testing.assert_array_equal(chunk.x.numpy(), data[idx])
+    np.testing.assert_array_equal(chunk.cond[:, 0].numpy(), idx)
+    norm = Normalizer([1.0], [0.5], channels=["fields"])
+    ds = FieldDataset(src, split="val", val_fraction=0.3, normalizer=norm, dtype=torch.float64)
+    plan = [[4, 0, 2], [1, 3], [5]]  # what a DistributedSampler-driven trainer passes
+    batches = list(torch.utils.data.DataLoader(ds, batch_sampler=plan))
+    for items, (x, cond) in zip(plan, batches):
+        expect = ds.indices[items]
+        np.testing.assert_array_equal(cond[:, 0].numpy(), expect)
+        np.testing.assert_allclose(x.numpy(), (data[expect] - 1.0) / 0.5, rtol=1e-15)
+    seen = [int(i) for _, c in make_loader(ds, 4, streaming=False) for i in c[:, 0]]
+    assert sorted(seen) == ds.indices.tolist()
 
 
 # --------------------------------------------------------------------------- bad input

@@ -12,7 +12,7 @@
 See ``docs/data.md``.
 """
 
-from scidiff.data.dataset import FieldDataset, make_loader, split_indices
+from scidiff.data.dataset import FieldDataset, FieldLoader, FieldStream, make_loader, split_indices
 from scidiff.data.errors import DataError, check_spatial_size
 from scidiff.data.normalize import Normalizer, RunningMoments
 from scidiff.data.output import fields_to_dataset, loglik_to_dataset, provenance_attrs, write_csv, write_netcdf
@@ -21,7 +21,7 @@ from scidiff.data.template import CoordTemplate, FieldTemplate, VariableTemplate
 
 __all__ = [
     "open_fields", "FieldSource", "FieldChunk", "FieldTemplate", "VariableTemplate", "CoordTemplate",
-    "FieldDataset", "make_loader", "split_indices",
+    "FieldDataset", "FieldStream", "FieldLoader", "make_loader", "split_indices",
     "Normalizer", "RunningMoments",
     "fields_to_dataset", "loglik_to_dataset", "write_netcdf", "write_csv", "provenance_attrs",
     "DataError", "check_spatial_size",

@@ -398,6 +398,29 @@ class FieldSource:
         cond = None if self.cond is None else torch.from_numpy(self.cond[start:stop]).to(dtype)
         return FieldChunk(x, cond, np.arange(start, stop))
 
+    def read_index(
+        self, index: Sequence[int] | np.ndarray, *, dtype: torch.dtype = torch.float64, max_gap: int = 8
+    ) -> FieldChunk:
+        """The samples at positions ``index`` (any order, repeats allowed), e.g. a random batch.
+
+        Sorted positions closer than ``max_gap`` are read with one slice, so a batch
+        costs a few reads rather than one per sample.
+        """
+        idx = np.asarray(index, dtype=np.int64).reshape(-1)
+        if idx.size == 0:
+            raise ValueError(f"{self.path.name}: read_index needs at least one position")
+        if idx.min() < 0 or idx.max() >= self.num_samples:
+            raise IndexError(f"{self.path.name}: sample positions must lie in 0..{self.num_samples - 1}")
+        wanted, inverse = np.unique(idx, return_inverse=True)
+        breaks = np.flatnonzero(np.diff(wanted) > max_gap) + 1
+        parts = []
+        for run in np.split(wanted, breaks):
+            block = self._read_array(int(run[0]), int(run[-1]) + 1)
+            parts.append(block if len(run) == block.shape[0] else block[run - run[0]])
+        x = torch.from_numpy(np.concatenate(parts)[inverse]).to(dtype)
+        cond = None if self.cond is None else torch.from_numpy(self.cond[idx]).to(dtype)
+        return FieldChunk(x, cond, idx)
+
     def _read_array(self, start: int, stop: int) -> np.ndarray:
         out = np.empty((stop - start, self.num_channels, *self.spatial_shape), dtype=np.float64)
         c0 = 0
