@@ -408,6 +408,21 @@ def test_unreadable_files_raise_one_clear_line(tmp_path: Path, kind: str) -> Non
     assert "\n" not in str(err.value)
 
 
+def test_corrupt_chunk_inside_a_readable_file(tmp_path: Path) -> None:
+    path = tmp_path / "damaged.h5"
+    with h5py.File(path, "w") as f:
+        dset = f.create_dataset("fields", data=np.random.default_rng(0).normal(size=(6, 8, 8)),
+                                chunks=(1, 8, 8), compression="gzip")
+        info = dset.id.get_chunk_info(4)  # the compressed bytes of sample 4
+    with open(path, "r+b") as fh:
+        fh.seek(info.byte_offset)
+        fh.write(b"\xff" * info.size)
+    src = open_fields(path, "fields")
+    np.testing.assert_array_equal(src.read(0, 4).x.shape, (4, 1, 8, 8))
+    with pytest.raises(DataError, match=r"damaged\.h5.*'fields', samples 2:6 failed"):
+        src.read(2, 6)
+
+
 def test_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "nowhere" / "run.nc"
     with pytest.raises(FileNotFoundError, match=r"nowhere.run\.nc"):

@@ -131,7 +131,8 @@ def _describe(info: VarInfo) -> str:
     return f"{info.name!r} dims {info.dims} shape {info.shape}"
 
 
-def _first_bad(values: np.ndarray, mask: np.ndarray) -> tuple[int, ...]:
+def _first_bad(mask: np.ndarray) -> tuple[int, ...]:
+    """Index of the first True entry of ``mask``."""
     return tuple(int(i) for i in np.argwhere(mask)[0])
 
 
@@ -303,7 +304,7 @@ class FieldSource:
             values = values.reshape(self.num_samples, -1)
             bad = ~np.isfinite(values)
             if bad.any():
-                i, j = _first_bad(values, bad)
+                i, j = _first_bad(bad)
                 raise DataError(
                     f"{file}: conditioning variable {name!r} is {values[i, j]} at sample {i} "
                     f"(along {self.sample_dim!r}); parameters must be finite"
@@ -444,7 +445,7 @@ class FieldSource:
     def _check_finite(self, block: np.ndarray, lay: _Layout, start: int) -> None:
         if np.isfinite(block).all():
             return
-        pos = _first_bad(block, ~np.isfinite(block))
+        pos = _first_bad(~np.isfinite(block))
         value = block[pos]
         kind = "NaN (a missing or fill value)" if np.isnan(value) else f"{value}"
         channel = f", {self.channel_dim}={pos[1]}" if lay.has_channel else ""
