@@ -128,6 +128,16 @@ def test_dim_order_is_per_variable_and_explicit_dims(tmp_path: Path) -> None:
     np.testing.assert_array_equal(src2.read(1, 2).x.numpy()[0, 0], a[:, :, 1])
 
 
+def test_netcdf3_classic_file(tmp_path: Path) -> None:
+    path = tmp_path / "classic.nc"
+    ds = _make_nc(tmp_path / "four.nc")
+    ds.to_netcdf(path, engine="scipy")  # netCDF-3: read through scipy, no C library
+    src = open_fields(path, ["T", "rho"], cond="Re")
+    assert src.backend.kind == "netcdf" and src.spatial_dims == ("y", "x") and src.units["T"] == "K"
+    np.testing.assert_array_equal(src.read(0, N).x[:, 0].numpy(), ds["T"].values)
+    np.testing.assert_array_equal(src.cond[:, 0], ds["Re"].values)
+
+
 # --------------------------------------------------------------------------- plain HDF5
 
 
