@@ -29,6 +29,14 @@ _EXPORTS: dict[str, str] = {
     # networks
     "UNet": "scidiff.nets",
     "NoisyEncoder": "scidiff.nets",
+    # data
+    "open_fields": "scidiff.data",
+    "FieldDataset": "scidiff.data",
+    "Normalizer": "scidiff.data",
+    "DataError": "scidiff.data",
+    "fields_to_dataset": "scidiff.data",
+    "loglik_to_dataset": "scidiff.data",
+    "write_netcdf": "scidiff.data",
     # closed-form references
     "GaussianMixture": "scidiff.analytic",
 }
@@ -59,6 +67,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from scidiff.data import DataError, FieldDataset, Normalizer, fields_to_dataset, loglik_to_dataset, open_fields, write_netcdf
     from scidiff.ddpm import DDPM
     from scidiff.guidance import ClassifierGuidance, DPSGuidance
     from scidiff.likelihood import LikelihoodResult, log_likelihood
