@@ -58,7 +58,7 @@ class BatchSource:
 
     Args:
         data: fields [N, C, *spatial] (a tensor); a map-style Dataset (batched here with the
-            DistributedSampler permutation); an IterableDataset (e.g. ``scidiff.data.FieldDataset``,
+            DistributedSampler permutation); an IterableDataset (e.g. ``scidiff.data.FieldStream``,
             which shards itself by its own ``rank`` / ``world_size``; ``set_epoch`` is called each
             epoch); or a DataLoader (used as it is: its own batch size and order).
         cond: conditioning [N, P] when ``data`` is a tensor.
@@ -110,8 +110,14 @@ class BatchSource:
                     stacklevel=3,
                 )
         elif isinstance(data, IterableDataset):
-            shards = getattr(data, "world_size", None)
-            if world_size > 1 and shards != world_size:
+            shards = getattr(data, "world_size", getattr(getattr(data, "dataset", None), "world_size", None))
+            if world_size > 1 and shards is None:
+                warnings.warn(
+                    f"{name} ({type(data).__name__}) does not say how it is sharded (no world_size): make sure "
+                    "each rank iterates a different share",
+                    stacklevel=3,
+                )
+            elif world_size > 1 and shards != world_size:
                 raise ValueError(
                     f"{name} ({type(data).__name__}) is sharded for world_size={shards} but the run has "
                     f"{world_size} ranks; build it with rank={rank}, world_size={world_size}"
