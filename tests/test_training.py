@@ -464,3 +464,21 @@ def test_ddp_two_ranks_end_with_identical_weights(tmp_path: Path) -> None:
     ckpt = load_checkpoint(tmp_path / "run")
     assert ckpt.step == 4 and weights_sha256(ckpt.raw_model) == reports[0]["raw"]
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_00000004"]
+
+
+def test_dataloader_input_normalizer_pickup_and_bf16_on_cpu(tmp_path: Path) -> None:
+    """A ready DataLoader is used as it is; its normaliser is saved; bf16 falls back to fp32 on a CPU."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Loader(DataLoader):
+        normalizer = {"mean": [0.0], "std": [1.5]}
+
+    loader = Loader(TensorDataset(_fields(16)), batch_size=8, shuffle=False)
+    with pytest.warns(UserWarning, match="bf16.*fp32 on cpu"):
+        trainer = Trainer(_tiny_unet_model(0), TrainConfig(steps=2, batch_size=8, precision="bf16", val_every=0),
+                          run_dir=tmp_path)
+    trainer.fit(loader, progress=False)
+    assert trainer.step == 2 and next(trainer.model.parameters()).dtype == torch.float32
+    from scidiff.checkpoint import load_checkpoint
+
+    assert load_checkpoint(tmp_path).normalizer == {"mean": [0.0], "std": [1.5]}
