@@ -453,9 +453,10 @@ def _read_meta(ckpt: Path) -> dict[str, Any]:
         raise CheckpointError(f"{str(file)!r} is corrupt or truncated: not valid JSON ({err})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{str(file)!r} is not a scidiff checkpoint (no \"format\": \"{FORMAT}\")")
-    if int(meta.get("version", 0)) > VERSION:
+    version = meta.get("version")
+    if not isinstance(version, int) or version > VERSION:
         raise CheckpointError(
-            f"{str(file)!r} has checkpoint format version {meta.get('version')}, newer than this scidiff reads ({VERSION})"
+            f"{str(file)!r} has checkpoint format version {version!r}; this scidiff reads versions up to {VERSION}"
         )
     return meta
 
