@@ -197,6 +197,7 @@ def _fit(
             bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
     if bar is not None:
         bar.close()
+    opt.zero_grad(set_to_none=True)
     model.eval()
     return losses
 
