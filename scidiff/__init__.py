@@ -29,6 +29,14 @@ _EXPORTS: dict[str, str] = {
     # networks
     "UNet": "scidiff.nets",
     "NoisyEncoder": "scidiff.nets",
+    # training and checkpoints
+    "TrainConfig": "scidiff.training",
+    "Trainer": "scidiff.training",
+    "train": "scidiff.training",
+    "load_model": "scidiff.checkpoint",
+    "load_checkpoint": "scidiff.checkpoint",
+    "save_checkpoint": "scidiff.checkpoint",
+    "CheckpointError": "scidiff.checkpoint",
     # data
     "open_fields": "scidiff.data",
     "FieldDataset": "scidiff.data",
@@ -43,7 +51,7 @@ _EXPORTS: dict[str, str] = {
 
 _SUBMODULES = {
     "schedules", "sde", "ddpm", "models", "sampling", "likelihood", "guidance",
-    "nets", "data", "simulators", "training", "metrics", "plots", "cli", "analytic",
+    "nets", "data", "simulators", "training", "metrics", "plots", "cli", "analytic", "checkpoint",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -68,6 +76,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from scidiff.data import DataError, FieldDataset, Normalizer, fields_to_dataset, loglik_to_dataset, open_fields, write_netcdf
+    from scidiff.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
     from scidiff.ddpm import DDPM
     from scidiff.guidance import ClassifierGuidance, DPSGuidance
     from scidiff.likelihood import LikelihoodResult, log_likelihood
@@ -77,3 +86,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from scidiff.sampling import SampleResult, sample
     from scidiff.schedules import CosineSchedule, LinearSchedule
     from scidiff.sde import VPSDE
+    from scidiff.training import TrainConfig, Trainer, train
