@@ -1,0 +1,361 @@
+"""Sampling and log-likelihoods of a run folder, in the data's own units and layout.
+
+``sample_run`` draws fields and returns an ``xarray.Dataset`` shaped like the training
+data (variable names, dims, coords, units, attrs) plus provenance; ``loglik_run`` returns
+log p(x) per field in nats and bits/dim, in the units of the file's variables:
+
+    log p(x) = log p_model(z) + log|det dz/dx|,     z = normaliser(x),
+    bits/dim = -log p(x) / (D ln 2),                 D = C * prod(spatial).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from scidiff._cli_run import Run
+
+__all__ = [
+    "parse_assignments",
+    "sample_run",
+    "loglik_run",
+    "open_like_run",
+    "read_fields",
+    "write_table",
+    "LoadedModel",
+    "load_for_inference",
+]
+
+
+def parse_assignments(items: list[str] | None, *, what: str = "--cond") -> dict[str, float]:
+    """``["theta=0.5", "a=1,b=2"]`` -> ``{"theta": 0.5, "a": 1.0, "b": 2.0}``."""
+    out: dict[str, float] = {}
+    for item in items or []:
+        for part in item.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            name, sep, value = part.partition("=")
+            if not sep or not name.strip():
+                raise ValueError(f"{what} expects NAME=VALUE, got {part!r}")
+            try:
+                out[name.strip()] = float(value)
+            except ValueError:
+                raise ValueError(f"{what} {name.strip()}: {value!r} is not a number") from None
+    return out
+
+
+@dataclass
+class LoadedModel:
+    """A run's EMA model, normaliser and checkpoint, ready for sampling and likelihoods."""
+
+    run: Run
+    model: Any
+    normalizer: Any
+    checkpoint: Any
+    device: torch.device
+
+    def score(self, theta: Tensor | None) -> Callable[[Tensor, Tensor], Tensor]:
+        """The score callable, conditioned on ``theta`` ``[B, P]`` (data units) if the run is conditional."""
+        if not self.run.cond_names:
+            return self.model.score
+        cond = self.run.condition(theta.to(device=self.device, dtype=torch.float32))  # type: ignore[union-attr]
+        return functools.partial(_score_with_cond, self.model, cond)
+
+    def provenance(self) -> dict[str, Any]:
+        return {
+            "model": str(self.run.path),
+            "checkpoint": str(self.checkpoint.path),
+            "checkpoint_step": int(self.checkpoint.step),
+        }
+
+
+def _score_with_cond(model: Any, cond: Tensor, x: Tensor, t: Tensor) -> Tensor:
+    return model.score(x, t, cond.to(x.dtype))
+
+
+def load_for_inference(run: Run, *, device: str | torch.device | None = None) -> LoadedModel:
+    """Load the run's latest checkpoint (EMA weights) and its normaliser."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    ckpt = run.checkpoint(device=dev)
+    normalizer = ckpt.normalizer_object()
+    if normalizer is None:
+        from scidiff._cli_run import RunError
+
+        raise RunError(f"checkpoint {str(ckpt.path)!r} holds no normalisation statistics; it was not made by scidiff train")
+    return LoadedModel(run=run, model=ckpt.model, normalizer=normalizer, checkpoint=ckpt, device=dev)
+
+
+def _theta_matrix(run: Run, values: Mapping[str, float], n: int) -> Tensor | None:
+    names = list(run.cond_names)
+    if not names:
+        if values:
+            raise ValueError(f"the model of {str(run.path)!r} is unconditional; drop --cond {sorted(values)}")
+        return None
+    missing = [k for k in names if k not in values]
+    unknown = [k for k in values if k not in names]
+    if unknown or missing:
+        raise ValueError(
+            f"the model of {str(run.path)!r} is conditioned on {names}; "
+            + (f"unknown parameter(s) {unknown}; " if unknown else "")
+            + (f"give {', '.join(f'{k}=VALUE' for k in missing)} with --cond" if missing else "")
+        )
+    row = torch.tensor([values[k] for k in names], dtype=torch.float64)
+    return row[None].expand(n, -1).clone()
+
+
+def _sampler_options(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options that apply to ``method`` (None values dropped)."""
+    allowed = {
+        "ode": {"steps", "rtol", "atol", "t_min", "time_variable", "ode_method"},
+        "ancestral": {"steps"},
+        "euler_maruyama": {"steps", "t_min"},
+        "pc": {"steps", "t_min", "snr", "corrector_steps"},
+    }
+    if method not in allowed:
+        raise ValueError(f"unknown sampling method {method!r}; choose one of {sorted(allowed)}")
+    out = {}
+    for key, value in options.items():
+        if value is None:
+            continue
+        if key not in allowed[method]:
+            raise ValueError(f"option {key} does not apply to --method {method}; it takes {sorted(allowed[method])}")
+        out[key] = value
+    return out
+
+
+def sample_run(
+    loaded: LoadedModel,
+    n: int,
+    *,
+    method: str = "ode",
+    cond: Mapping[str, float] | Tensor | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: bool = True,
+    **options: Any,
+) -> tuple[Any, Tensor]:
+    """Draw ``n`` fields from a run's model.
+
+    Args:
+        loaded: from :func:`load_for_inference`.
+        n: number of fields.
+        method: "ode", "ancestral", "euler_maruyama" or "pc" (see ``docs/samplers.md``).
+        cond: parameter values ``{name: value}`` shared by all fields, or a tensor ``[n, P]``
+            (data units) of one parameter vector per field; required for a conditional model.
+        seed: seeds the prior draws and the sampler's noise.
+        batch_size: fields per sampler call.
+        progress: show a progress bar.
+        **options: sampler options (steps, rtol, atol, t_min, time_variable, ...).
+
+    Returns:
+        ``(dataset, x)``: the ``xarray.Dataset`` in the data's layout and units, with
+        provenance attributes (model, method, seed, NFE), and the fields ``[n, C, *spatial]``.
+    """
+    import scidiff as sd
+    from scidiff.data import fields_to_dataset
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"--n must be a positive integer, got {n!r}")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be a positive integer, got {batch_size}")
+    run = loaded.run
+    opts = _sampler_options(method, options)
+    theta = cond if isinstance(cond, Tensor) else _theta_matrix(run, cond or {}, n)
+    if isinstance(cond, Tensor) and cond.shape != (n, len(run.cond_names)):
+        raise ValueError(f"cond must be [n, P] = [{n}, {len(run.cond_names)}], got {list(cond.shape)}")
+    generator = torch.Generator(device=loaded.device).manual_seed(int(seed))
+    shape = run.field_shape
+    dtype = next(loaded.model.parameters()).dtype
+    bar = _bar(n, "sampling", progress)
+    parts: list[Tensor] = []
+    nfe = 0
+    for start in range(0, n, batch_size):
+        b = min(batch_size, n - start)
+        score = loaded.score(None if theta is None else theta[start : start + b])
+        res = sd.sample(
+            score, loaded.model.sde, (b, *shape), method, generator=generator, dtype=dtype,
+            device=loaded.device, progress=progress and method != "ode", return_result=True, **opts,
+        )
+        nfe += res.nfe
+        parts.append(res.x.detach().double().cpu())
+        if bar is not None:
+            bar.update(b)
+    if bar is not None:
+        bar.close()
+    z = torch.cat(parts)
+    x = loaded.normalizer.inverse(z)
+    provenance = {
+        **loaded.provenance(),
+        "method": method,
+        "seed": int(seed),
+        "nfe": int(nfe),
+        "nfe_per_field_batch": int(round(nfe / math.ceil(n / batch_size))),
+        "sampler_options": res.options,
+    }
+    ds = fields_to_dataset(
+        x, run.template, provenance=provenance, sample_dim=run.template.sample_dim,
+        cond=None if theta is None else theta,
+    )
+    return ds, x
+
+
+def _bar(total: int, desc: str, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="field", dynamic_ncols=True)
+
+
+def open_like_run(run: Run, path: str | os.PathLike[str], *, cond: bool = True) -> Any:
+    """Open ``path`` with the run's variables and dims; check it matches the model's fields.
+
+    Raises:
+        FileNotFoundError: no such file.
+        DataError: a variable is missing, or the channels or grid differ from the training data.
+    """
+    from scidiff.data import DataError, open_fields
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"data file {str(path)!r} does not exist")
+    tpl = run.template
+    source = open_fields(
+        path,
+        list(run.data.variables),
+        sample_dim=tpl.sample_dim if tpl.sample_dim else None,
+        spatial_dims=list(tpl.spatial_dims),
+        cond=list(run.data.cond) if cond else (),
+    )
+    if tuple(source.channels) != tuple(tpl.channels):
+        source.close()
+        raise DataError(
+            f"{path.name}: channels {list(source.channels)} differ from the model's {list(tpl.channels)}"
+        )
+    if tuple(source.spatial_shape) != tuple(tpl.spatial_shape):
+        source.close()
+        grid = dict(zip(source.spatial_dims, source.spatial_shape))
+        want = dict(zip(tpl.spatial_dims, tpl.spatial_shape))
+        raise DataError(f"{path.name}: grid {grid} differs from the model's grid {want}; regrid the fields first")
+    return source
+
+
+def read_fields(source: Any, limit: int | None = None, *, chunk: int = 256) -> Iterator[Any]:
+    """Chunks (``x`` ``[b, C, *spatial]`` float64, ``cond``, ``index``) of the first ``limit`` fields."""
+    total = source.num_samples if limit is None else min(int(limit), source.num_samples)
+    for start in range(0, total, chunk):
+        yield source.read(start, min(total, start + chunk))
+
+
+def loglik_run(
+    loaded: LoadedModel,
+    data: str | os.PathLike[str],
+    *,
+    divergence: str = "hutchinson",
+    n: int | None = None,
+    batch_size: int = 32,
+    probes: int = 1,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    t_min: float = 1e-5,
+    time_variable: str = "logsnr",
+    seed: int = 0,
+    progress: bool = True,
+) -> Any:
+    """log p(x) of the fields in ``data`` under a run's model, per field, in the data's units.
+
+    Args:
+        loaded: from :func:`load_for_inference`.
+        data: a netCDF/HDF5 file with the run's variables on the run's grid.
+        divergence: "exact" (full Jacobian trace; D vector-Jacobian products per step) or
+            "hutchinson" (unbiased, one per probe and step).
+        n: evaluate only the first ``n`` fields.
+        batch_size: fields per ODE solve.
+        probes: Hutchinson probes per field, held fixed over the solve.
+        rtol, atol, t_min, time_variable: the PF-ODE solve (see ``docs/samplers.md``).
+        seed: seeds the Hutchinson probes.
+        progress: show a progress bar.
+
+    Returns:
+        An ``xarray.Dataset`` with ``log_prob`` (nats) and ``bits_per_dim`` per field, the
+        fields' positions in the file (``source_index``), their parameters, and provenance.
+    """
+    import scidiff as sd
+    from scidiff.data import loglik_to_dataset
+
+    if divergence not in ("exact", "hutchinson"):
+        raise ValueError(f"--divergence must be 'exact' or 'hutchinson', got {divergence!r}")
+    if n is not None and n < 1:
+        raise ValueError(f"--n must be a positive integer, got {n}")
+    run = loaded.run
+    source = open_like_run(run, data)
+    total = source.num_samples if n is None else min(n, source.num_samples)
+    generator = torch.Generator(device=loaded.device).manual_seed(int(seed))
+    dtype = next(loaded.model.parameters()).dtype
+    d = math.prod(run.field_shape)
+    log_prob, index, thetas = [], [], []
+    nfe = 0
+    bar = _bar(total, f"log-likelihood ({divergence})", progress)
+    try:
+        for chunk in read_fields(source, total, chunk=batch_size):
+            x = chunk.x
+            z = loaded.normalizer.forward(x)
+            score = loaded.score(chunk.cond)
+            res = sd.log_likelihood(
+                score, loaded.model.sde, z.to(device=loaded.device, dtype=dtype), divergence=divergence,  # type: ignore[arg-type]
+                probes=probes, rtol=rtol, atol=atol, t_min=t_min, time_variable=time_variable,  # type: ignore[arg-type]
+                generator=generator,
+            )
+            nfe += res.nfe
+            log_prob.append(res.log_prob.detach().double().cpu() + loaded.normalizer.log_abs_det_jacobian(x))
+            index.append(np.asarray(chunk.index))
+            if chunk.cond is not None:
+                thetas.append(chunk.cond)
+            if bar is not None:
+                bar.update(x.shape[0])
+    finally:
+        if bar is not None:
+            bar.close()
+        template = source.template
+        source.close()
+    lp = torch.cat(log_prob)
+    bpd = -lp / (d * math.log(2.0))
+    provenance = {
+        **loaded.provenance(),
+        "data": str(Path(data).resolve()),
+        "divergence": divergence,
+        "probes": probes if divergence == "hutchinson" else 0,
+        "rtol": rtol,
+        "atol": atol,
+        "t_min": t_min,
+        "time_variable": time_variable,
+        "seed": int(seed),
+        "nfe": int(nfe),
+    }
+    return loglik_to_dataset(
+        lp, bpd, template, provenance=provenance, sample_dim=template.sample_dim,
+        index=np.concatenate(index), cond=torch.cat(thetas) if thetas else None,
+    )
+
+
+def write_table(ds: Any, out: str | os.PathLike[str]) -> Path:
+    """Write a per-field table as netCDF (``.nc``) or CSV (``.csv``), chosen by the suffix."""
+    from scidiff.data import write_csv, write_netcdf
+
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix == ".csv":
+        return write_csv(ds, out)
+    if suffix in (".nc", ".nc4", ".netcdf", ".h5", ".hdf5"):
+        return write_netcdf(ds, out)
+    raise ValueError(f"--out {str(out)!r}: give a .nc or .csv file name")
