@@ -86,7 +86,9 @@ def describe_file(path: str | os.PathLike[str]) -> str:
 
     try:
         with xr.open_dataset(path) as ds:
-            return "\n".join(_describe_xarray(ds, path))
+            if ds.data_vars or ds.coords:
+                return "\n".join(_describe_xarray(ds, path))
+            raise ValueError("no netCDF variables")  # plain HDF5 datasets are invisible to netCDF readers
     except Exception as err_xr:  # not netCDF: try plain HDF5
         try:
             return "\n".join(_describe_hdf5(path))
