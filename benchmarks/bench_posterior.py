@@ -174,6 +174,9 @@ def main() -> None:
     head = f"{'method':<28} {'cov50':>6} {'cov90':>6} {'RMSE truth':>10} {'RMSE vs exact mean':>18} {'spread':>7} {'exact spread':>12}"
     print(head)
     for label, r in rows.items():
+        if not r["rmse_truth"] < 100 * point_sd:  # blown up (or NaN): explicit-step instability
+            print(f"{label:<28} diverged (posterior mean error {r['rmse_truth']:.3g})")
+            continue
         print(f"{label:<28} {r['coverage_50']:6.3f} {r['coverage_90']:6.3f} {r['rmse_truth']:10.4f} "
               f"{r['rmse_exact_mean']:18.4f} {r['spread']:7.4f} {r['spread_exact']:12.4f}")
     print(f"\nguidance cost (UNet 32 ch, batch 16, {args.size}x{args.size}): plain score {cost['score_ms']:.1f} ms, "
