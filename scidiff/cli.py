@@ -78,8 +78,17 @@ def _params(items: list[str] | None) -> dict[str, Any]:
 
 
 # ---- the parser -------------------------------------------------------------------------------
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keeps the descriptions' line breaks and shows each option's default."""
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the descriptions' line breaks and shows each option's default where it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if default is None or default is False or default is argparse.SUPPRESS or "default" in text:
+            return text
+        if action.option_strings and action.nargs != 0:
+            return f"{text} (default: {default})"
+        return text
 
 
 def _common(p: argparse.ArgumentParser, *, seed: bool = True, device: bool = True, seed_default: int | None = 0) -> None:
@@ -102,7 +111,7 @@ def _sampler_options(p: argparse.ArgumentParser) -> None:
         "euler_maruyama: reverse SDE; pc: predictor-corrector",
     )
     g.add_argument("--steps", type=_positive_int, default=None,
-                   help="steps of ancestral / euler_maruyama / pc (and of fixed-step ODE solvers)")
+                   help="steps of ancestral / euler_maruyama / pc (defaults 1000 / 1000 / 500)")
     g.add_argument("--rtol", type=float, default=None, help="ODE relative tolerance (default 1e-5)")
     g.add_argument("--atol", type=float, default=None, help="ODE absolute tolerance (default 1e-5)")
     g.add_argument("--t-min", type=float, default=None, help="smallest diffusion time (default 1e-3)")
@@ -136,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="scidiff-demo", help="the run folder to write (replaced if it is a demo folder)")
     p.add_argument("--fast", action="store_true", help="tiny data and a few training steps (about a minute): a smoke test")
-    p.add_argument("--steps", type=_positive_int, default=None, help="training steps (default 1500; 30 with --fast)")
+    p.add_argument("--steps", type=_positive_int, default=None, help="training steps (default 1500; 60 with --fast)")
     _common(p)
     p.set_defaults(func=_cmd_demo)
 

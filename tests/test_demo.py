@@ -1,0 +1,123 @@
+"""``scidiff demo --fast``: the run folder it writes is complete, readable and self-consistent.
+
+The demo's numbers are recomputed here from its own files: the exact bits/dim of the
+held-out Gaussian random fields from ``GaussianRandomField.log_prob`` on ``data/heldout.nc``,
+the model's from ``loglik.nc`` (bits/dim = -log p / (D ln 2)), and the gap between them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from scidiff.cli import main
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    simulators = pytest.importorskip("scidiff.simulators")
+    if not hasattr(simulators, "make"):
+        pytest.skip("scidiff.simulators.make is not available")
+    folder = tmp_path_factory.mktemp("demo") / "scidiff-demo"
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = main(["demo", "--fast", "--out", str(folder), "--seed", "3", "--no-progress"])
+    assert rc == 0
+    return folder, out.getvalue()
+
+
+def test_last_lines_say_where_the_outputs_are(demo: tuple[Path, str]) -> None:
+    folder, printed = demo
+    last = printed.strip().splitlines()[-2:]
+    assert str(folder.resolve()) in last[0]
+    assert str((folder / "report.md").resolve()) in last[1]
+
+
+def test_run_folder_holds_every_output(demo: tuple[Path, str]) -> None:
+    folder, _ = demo
+    for name in ("config.toml", "run.json", "latest", "samples.nc", "loglik.nc", "report.md", "metrics.json",
+                 "data/train.nc", "data/heldout.nc"):
+        assert (folder / name).is_file(), name
+    for name in ("samples", "spectra", "histograms", "likelihood"):
+        png = folder / "figures" / f"{name}.png"
+        assert png.read_bytes()[:8] == PNG_SIGNATURE, name
+        import matplotlib.image
+
+        image = matplotlib.image.imread(png)
+        assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+        assert float(np.std(image)) > 0.01  # not a blank canvas
+
+
+def test_samples_are_fields_like_the_training_data(demo: tuple[Path, str]) -> None:
+    folder, _ = demo
+    metrics = json.loads((folder / "metrics.json").read_text())
+    size, n = metrics["config"]["size"], metrics["config"]["n_samples"]
+    with xr.open_dataset(folder / "samples.nc") as ds, xr.open_dataset(folder / "data" / "train.nc") as train:
+        (var,) = [v for v in train.data_vars if train[v].ndim == 3]
+        assert list(ds.data_vars) == [var]
+        assert ds[var].dims == train[var].dims
+        assert ds[var].shape == (n, size, size)
+        assert ds[var].attrs == train[var].attrs
+        for dim in train[var].dims[1:]:
+            if dim in train.coords:
+                np.testing.assert_array_equal(ds[dim].values, train[dim].values)
+        assert ds.attrs["method"] == "ode" and int(ds.attrs["nfe"]) == metrics["sample_nfe"] > 0
+        assert int(ds.attrs["seed"]) == 3
+        assert np.isfinite(ds[var].values).all()
+
+
+def test_report_numbers_are_recomputable(demo: tuple[Path, str]) -> None:
+    from scidiff import simulators
+
+    folder, _ = demo
+    metrics = json.loads((folder / "metrics.json").read_text())
+    cfg = metrics["config"]
+    d = cfg["size"] ** 2
+    with xr.open_dataset(folder / "data" / "heldout.nc") as ds:
+        (var,) = [v for v in ds.data_vars if ds[v].ndim == 3]
+        x = torch.from_numpy(ds[var].values).double()
+    with xr.open_dataset(folder / "loglik.nc") as ll:
+        log_prob = ll["log_prob"].values
+        bpd = ll["bits_per_dim"].values
+        assert ll["log_prob"].attrs["units"] == "nat"
+    assert log_prob.shape == (cfg["n_heldout"],) and np.isfinite(log_prob).all()
+    np.testing.assert_allclose(bpd, -log_prob / (d * math.log(2.0)), rtol=1e-12)
+    grf = simulators.GaussianRandomField(cfg["size"], 2, slope=cfg["slope"], amplitude=cfg["amplitude"])
+    bpd_exact = -grf.log_prob(x).numpy() / (d * math.log(2.0))
+    assert metrics["bpd_exact"] == pytest.approx(float(bpd_exact.mean()), rel=1e-9)
+    assert metrics["bpd_model"] == pytest.approx(float(bpd.mean()), rel=1e-9)
+    assert metrics["gap_bpd"] == pytest.approx(float((bpd - bpd_exact).mean()), rel=1e-9, abs=1e-12)
+    assert metrics["gap_nats"] == pytest.approx(metrics["gap_bpd"] * d * math.log(2.0), rel=1e-9, abs=1e-9)
+    report = (folder / "report.md").read_text()
+    assert f"{metrics['gap_bpd']:+.4f}" in report
+    assert f"{metrics['bpd_exact']:.4f}" in report
+    total = re.search(r"\*\*total\*\* \| \*\*([0-9.]+)\*\*", report)
+    assert total is not None and float(total.group(1)) > 0
+
+
+def test_demo_run_folder_serves_the_other_commands(demo: tuple[Path, str], tmp_path: Path) -> None:
+    folder, _ = demo
+    out = tmp_path / "more.csv"
+    assert main(["loglik", str(folder), "--data", str(folder / "data" / "heldout.nc"), "--n", "2",
+                 "--rtol", "1e-3", "--atol", "1e-3", "--out", str(out), "--no-progress"]) == 0
+    table = np.genfromtxt(out, delimiter=",", names=True, comments="#")
+    assert table.shape == (2,) and np.isfinite(table["log_prob"]).all()
+
+
+def test_demo_refuses_a_folder_that_is_not_a_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "precious.txt").write_text("keep me")
+    assert main(["demo", "--fast", "--out", str(tmp_path), "--no-progress"]) == 2
+    assert "not a scidiff demo folder" in capsys.readouterr().err
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
