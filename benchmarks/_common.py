@@ -140,6 +140,7 @@ def machine(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "device": str(device),
+        "clock": clock_name(),
         "git_commit": commit,
         "load_average_start": load_average(),
     }
@@ -149,6 +150,25 @@ def machine(device: torch.device) -> dict[str, Any]:
 
 
 # ---- timing --------------------------------------------------------------------------------
+_CLOCK: dict[str, Any] = {"fn": time.perf_counter, "name": "wall (perf_counter)"}
+
+
+def set_clock(device: torch.device | str) -> str:
+    """Choose the clock of :func:`timed`: the calling thread's CPU time on a CPU with one torch
+    thread (every operation then runs on this thread, and time the OS gives to other processes
+    on a shared machine is not counted), else wall time with device synchronisation."""
+    device = torch.device(device)
+    if device.type == "cpu" and torch.get_num_threads() == 1:
+        _CLOCK.update(fn=time.thread_time, name="thread CPU time (time.thread_time; 1 torch thread)")
+    else:
+        _CLOCK.update(fn=time.perf_counter, name="wall (perf_counter, device synchronised)")
+    return _CLOCK["name"]
+
+
+def clock_name() -> str:
+    return _CLOCK["name"]
+
+
 def sync(device: torch.device | str) -> None:
     """Wait for the device (a no-op on the CPU)."""
     device = torch.device(device)
@@ -157,12 +177,14 @@ def sync(device: torch.device | str) -> None:
 
 
 def timed(fn: Callable[[], Any], device: torch.device | str) -> tuple[float, Any]:
-    """(wall seconds, result) of one call of ``fn``, the device synchronised before and after."""
+    """(seconds, result) of one call of ``fn`` on the clock chosen by :func:`set_clock`, the
+    device synchronised before and after."""
+    clock = _CLOCK["fn"]
     sync(device)
-    start = time.perf_counter()
+    start = clock()
     out = fn()
     sync(device)
-    return time.perf_counter() - start, out
+    return clock() - start, out
 
 
 def median(values: Sequence[float]) -> float:

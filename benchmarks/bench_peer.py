@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, Section, make_unet, median, table, timed  # noqa: E402
+from _common import set_clock, REPO, Section, make_unet, median, table, timed  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 
@@ -134,6 +134,7 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    set_clock(args.device)
     section = run(quick=args.quick, device=args.device, steps=args.steps, repeats=args.repeats)
     print(table(section))
     if args.json:

@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from _common import Section, finite_numbers, load_average, machine, markdown, table  # noqa: E402
+from _common import Section, clock_name, set_clock, finite_numbers, load_average, machine, markdown, table  # noqa: E402
 
 SECTIONS = ("overhead", "peer", "likelihood", "trace", "accuracy", "quality", "throughput")
 PEER_PYTHON = HERE / ".venv-peer" / "bin" / "python"
@@ -84,6 +84,7 @@ def run_throughput(args: argparse.Namespace, tmp: Path) -> Section:
         rows=rows,
         goal="reported (no numeric goal in the issue)",
         notes=[f"one step = Trainer.train_step (DSM loss, backward, clipping, AdamW, EMA); peak memory: {kind}",
+               "clock: wall time (bench_training.py's own), so on a loaded machine fields/s is a lower bound",
                f"OMP_NUM_THREADS={args.threads}"],
     )
     section.seconds = time.perf_counter() - started
@@ -119,15 +120,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (recorded)")
     p.add_argument("--checkpoint", type=Path, default=Path(tempfile.gettempdir()) / "scidiff-bench" / "grf16.pt",
                    help="where the trained GRF model is saved and reused")
-    p.add_argument("--budget-min", type=float, default=15.0, help="training budget of 'accuracy', minutes of wall time")
+    p.add_argument("--budget-min", type=float, default=15.0, help="training budget of 'accuracy', minutes of CPU time")
     p.add_argument("--retrain", action="store_true", help="train the GRF model even if --checkpoint exists")
+    p.add_argument("--combine", type=Path, nargs="+", default=None, metavar="JSON",
+                   help="instead of measuring, merge the sections of earlier --json outputs (later files win) and "
+                        "write them with --json / --results")
     args = p.parse_args(argv)
+    if args.combine:
+        return combine(args)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     bad = [s for s in only if s not in SECTIONS]
     if bad:
         p.error(f"unknown section(s) {bad}; choose from {list(SECTIONS)}")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    set_clock(device)
     info = machine(device)
     print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()), flush=True)
     sections: dict[str, Section] = {}
@@ -167,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
                 s = bench_accuracy.run_quality(model, data, quick=args.quick, device=device)
             else:
                 s = run_throughput(args, tmp)
+            if name != "throughput":
+                s.notes.append(f"clock: {clock_name()}")
             sections[name] = s
             print(table(s), flush=True)
     info["load_average_end"] = load_average()
@@ -196,6 +205,41 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def combine(args: argparse.Namespace) -> int:
+    """Merge the sections of several JSON outputs of this script into one results document."""
+    docs = [json.loads(Path(f).read_text()) for f in args.combine]
+    sections: dict[str, Section] = {}
+    for d in docs:
+        for name, sec in d["sections"].items():
+            sections[name] = Section(**sec)
+    sections = {k: sections[k] for k in SECTIONS if k in sections}
+    first, last = docs[0]["machine"], docs[-1]["machine"]
+    info = {**first, "load_average_end": last["load_average_end"],
+            "total_seconds": sum(d["machine"]["total_seconds"] for d in docs),
+            "runs": [{"argv": d["argv"], "date": d["machine"]["date"], "load_average_start": d["machine"]["load_average_start"],
+                      "load_average_end": d["machine"]["load_average_end"], "git_commit": d["machine"]["git_commit"]}
+                     for d in docs]}
+    doc = {"machine": info, "quick": any(d["quick"] for d in docs),
+           "argv": [" ; ".join(" ".join(d["argv"]) for d in docs)],
+           "sections": {k: v.to_dict() for k, v in sections.items()}}
+    stamp = datetime.date.today().isoformat()
+    device = info["device"].split(":")[0]
+    targets = [args.json] if args.json else []
+    if args.results:
+        targets.append(HERE / "results" / f"{device}-{stamp}.json")
+    for path in targets:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(doc, indent=1, default=str))
+        print(f"wrote {path}")
+    if args.results:
+        md = HERE / "results" / f"{device}-{stamp}.md"
+        md.write_text(results_markdown(doc, sections))
+        print(f"wrote {md}")
+    for s in sections.values():
+        print(table(s))
+    return 0
+
+
 def results_markdown(doc: dict[str, Any], sections: dict[str, Section]) -> str:
     """The committed results page: the machine, then one table per section."""
     m = doc["machine"]
@@ -208,8 +252,11 @@ def results_markdown(doc: dict[str, Any], sections: dict[str, Section]) -> str:
         f"- git commit {m['git_commit']}; command: `python benchmarks/run.py {' '.join(doc['argv'])}`",
         f"- load average (1, 5, 15 min) at start {m['load_average_start']}, at end {m['load_average_end']}; "
         f"total {m['total_seconds']:.0f} s",
-        "",
     ]
+    for r in m.get("runs", []):
+        head.append(f"  - run `{' '.join(r['argv'])}` at {r['date']} (commit {r['git_commit']}): load "
+                    f"{r['load_average_start']} -> {r['load_average_end']}")
+    head.append("")
     return "\n".join(head) + "\n".join(markdown(s) for s in sections.values())
 
 
