@@ -26,6 +26,7 @@ _EXPORTS: dict[str, str] = {
     "LikelihoodResult": "scidiff.likelihood",
     "ClassifierGuidance": "scidiff.guidance",
     "DPSGuidance": "scidiff.guidance",
+    "ClassifierFreeGuidance": "scidiff.conditional",
     # networks
     "UNet": "scidiff.nets",
     "NoisyEncoder": "scidiff.nets",
@@ -52,6 +53,7 @@ _EXPORTS: dict[str, str] = {
 _SUBMODULES = {
     "schedules", "sde", "ddpm", "models", "sampling", "likelihood", "guidance",
     "nets", "data", "simulators", "training", "metrics", "plots", "cli", "analytic", "checkpoint",
+    "operators", "conditional", "inference",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -77,6 +79,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from scidiff.data import DataError, FieldDataset, Normalizer, fields_to_dataset, loglik_to_dataset, open_fields, write_netcdf
     from scidiff.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+    from scidiff.conditional import ClassifierFreeGuidance
     from scidiff.ddpm import DDPM
     from scidiff.guidance import ClassifierGuidance, DPSGuidance
     from scidiff.likelihood import LikelihoodResult, log_likelihood
