@@ -67,13 +67,18 @@ def _param_value(text: str) -> Any:
 
 
 def _params(items: list[str] | None) -> dict[str, Any]:
+    """``["slope=3", "reynolds=500:2000"]`` -> ``{"slope": 3, "reynolds": (500, 2000)}`` (LOW:HIGH is a range)."""
     out: dict[str, Any] = {}
     for item in items or []:
         for part in item.split(","):
             name, sep, value = part.partition("=")
             if not sep or not name.strip():
-                raise ValueError(f"--param expects NAME=VALUE, got {part!r}")
-            out[name.strip()] = _param_value(value.strip())
+                raise ValueError(f"--param expects NAME=VALUE or NAME=LOW:HIGH, got {part!r}")
+            if ":" in value:
+                low, _, high = value.partition(":")
+                out[name.strip()] = (_param_value(low.strip()), _param_value(high.strip()))
+            else:
+                out[name.strip()] = _param_value(value.strip())
     return out
 
 
@@ -158,12 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
         "make", formatter_class=_Formatter, help="generate a built-in dataset as netCDF",
         description="Generate N fields of a built-in simulator (see `scidiff data list`) and write them "
         "as a netCDF file with coordinates, units and the parameters used.\n\n"
-        "example: scidiff data make grf --n 512 --size 32 --param slope=3 --out grf.nc",
+        "example: scidiff data make grf --n 512 --size 32 --param slope=2:4 --out grf.nc",
     )
     q.add_argument("name", help="the simulator, e.g. grf (see `scidiff data list`)")
     q.add_argument("--n", type=_positive_int, default=256, help="number of fields")
     q.add_argument("--size", type=_positive_int, default=32, help="grid points per side")
-    q.add_argument("--param", action="append", metavar="NAME=VALUE", help="a simulator parameter (repeatable)")
+    q.add_argument("--param", action="append", metavar="NAME=VALUE",
+                   help="a simulator option (repeatable); NAME=LOW:HIGH draws it per field from that range")
     q.add_argument("--out", required=True, help="the netCDF file to write")
     _common(q, device=False)
     q.set_defaults(func=_cmd_data_make)
@@ -304,7 +310,8 @@ def _cmd_data_make(args: argparse.Namespace) -> int:
     if args.name not in names:
         raise ValueError(f"unknown dataset {args.name!r}; built-in datasets are {', '.join(names)}")
     out = Path(args.out)
-    ds = simulators.make(args.name, args.n, size=args.size, seed=args.seed, **_params(args.param))
+    ds = simulators.make(args.name, args.n, size=args.size, seed=args.seed, progress=_progress(args),
+                         **_params(args.param))
     write_netcdf(ds, out)
     variables = ", ".join(f"{k} {tuple(v.dims)}" for k, v in ds.data_vars.items())
     _say(f"wrote {args.n} {args.name} fields on a {args.size}-point grid to {out}: {variables}")
@@ -315,7 +322,9 @@ def _cmd_data_list(args: argparse.Namespace) -> int:
     from scidiff import simulators
 
     for name in simulators.available():
-        _say(name)
+        opts = ", ".join(f"{k}={v!r}" for k, v in simulators.options(name).items())
+        _say(f"{name:<14} {opts}")
+    _say("cards: datasets/<name>.md; make one with `scidiff data make NAME --n N --size S --param K=V --out FILE.nc`")
     return 0
 
 

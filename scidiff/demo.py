@@ -1,7 +1,8 @@
 """``scidiff demo``: the user's whole path on a built-in dataset, on a CPU, in a few minutes.
 
 1. data: Gaussian random fields on a periodic 16 x 16 grid with power spectrum
-   P(k) = A |k|^(-s) (``scidiff.simulators``), a training file and a held-out file;
+   P(k) = A |k|^(-s) and unit pointwise variance (``scidiff.simulators.make("grf")``), a
+   training file and a held-out file;
 2. training: a small periodic UNet by denoising score matching with EMA (``scidiff train``);
 3. sampling: the probability-flow ODE (``scidiff sample``) -> ``samples.nc``;
 4. likelihood: log p(x) of held-out fields through the PF-ODE with Hutchinson's trace
@@ -39,7 +40,8 @@ class DemoConfig:
 
     Attributes:
         size: grid points per side of the 2-D periodic fields.
-        slope, amplitude: the spectrum P(k) = amplitude |k|^(-slope).
+        slope, variance: the spectrum P(k) = A |k|^(-slope), A set so that the pointwise
+            variance of the fields is ``variance``.
         n_train: fields in the training file (10 % of them held out for the validation loss).
         n_heldout: fields in the held-out file, whose log-likelihoods are evaluated.
         n_samples: fields drawn from the model.
@@ -51,7 +53,7 @@ class DemoConfig:
 
     size: int = 16
     slope: float = 3.0
-    amplitude: float = 1.0
+    variance: float = 1.0
     n_train: int = 2048
     n_heldout: int = 64
     n_samples: int = 64
@@ -181,11 +183,13 @@ def run_demo(
     fig_dir = folder / "figures"
     data_dir.mkdir()
     fig_dir.mkdir()
-    params = {"slope": cfg.slope, "amplitude": cfg.amplitude}
+    params = {"slope": cfg.slope, "variance": cfg.variance}
 
     with timer.stage("generating Gaussian random fields", progress):
-        train_ds = simulators.make("grf", cfg.n_train, size=cfg.size, seed=seed, **params)
-        heldout_ds = simulators.make("grf", cfg.n_heldout, size=cfg.size, seed=seed + 10_000, **params)
+        train_ds = simulators.make("grf", cfg.n_train, size=cfg.size, seed=seed, progress=progress, **params)
+        heldout_ds = simulators.make("grf", cfg.n_heldout, size=cfg.size, seed=seed + 10_000, progress=progress,
+                                     **params)
+        amplitude = float(heldout_ds["amplitude"].values[0])  # A of P(k) = A |k|^-slope, from the variance
         var = _field_variable(train_ds)
         train_file = write_netcdf(train_ds, data_dir / "train.nc")
         heldout_file = write_netcdf(heldout_ds, data_dir / "heldout.nc")
@@ -222,7 +226,7 @@ def run_demo(
             x_heldout = torch.cat([c.x for c in read_fields(source)])
         finally:
             source.close()
-        grf = simulators.GaussianRandomField(cfg.size, 2, **params)
+        grf = simulators.GaussianRandomField(cfg.size, 2, slope=cfg.slope, amplitude=amplitude)
         exact = grf.log_prob(x_heldout[:, 0].double()).numpy()
         model_lp = ll["log_prob"].values
         d = cfg.size**2
@@ -275,6 +279,7 @@ def run_demo(
         "fast": bool(fast),
         "config": asdict(cfg),
         "seed": seed,
+        "amplitude": amplitude,
     }
     files = {
         "checkpoint": loaded.checkpoint.path,
@@ -319,7 +324,8 @@ def _report(v: dict[str, Any], files: dict[str, Path], folder: Path, var: str) -
     return f"""# scidiff demo report{mode}
 
 **Data.** Gaussian random fields `{var}` on a periodic {v['grid']} grid (D = {v['dims']}), power
-spectrum P(k) = {cfg['amplitude']} |k|^-{cfg['slope']}; {v['n_train']} training fields, {v['n_val']}
+spectrum P(k) = {v['amplitude']:.4g} |k|^-{cfg['slope']} (pointwise variance {cfg['variance']});
+{v['n_train']} training fields, {v['n_val']}
 validation fields, {v['n_heldout']} held-out fields drawn with another seed.  This density is known
 exactly (diagonal in Fourier space), so the model's likelihood can be checked against the truth.
 
