@@ -356,3 +356,12 @@ def test_bad_option_values_are_usage_errors(capsys: pytest.CaptureFixture[str]) 
         main(["sample", "RUN", "--n", "0", "--out", "x.nc"])
     assert exc.value.code == 2
     assert "positive integer" in capsys.readouterr().err
+
+
+# ---- the reference docs --------------------------------------------------------------------------
+def test_api_reference_lists_every_top_level_name() -> None:
+    import scidiff
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "api.md").read_text()
+    missing = [name for name in scidiff.__all__ if name != "__version__" and f"`sd.{name}`" not in text]
+    assert not missing, f"docs/api.md lacks {missing}; regenerate it with python docs/_make_api.py"
