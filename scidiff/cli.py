@@ -262,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rtol", type=float, default=1e-5, help="ODE relative tolerance")
     p.add_argument("--atol", type=float, default=1e-5, help="ODE absolute tolerance")
     p.add_argument("--t-min", type=float, default=1e-5, help="where the flow starts (log p_t_min ~ log p_0)")
+    p.add_argument("--time-variable", choices=["logsnr", "t", "sigma"], default="logsnr",
+                   help="ODE integration variable (see docs/samplers.md)")
     p.add_argument("--out", required=True, help="output table: FILE.nc or FILE.csv")
     _common(p)
     p.set_defaults(func=_cmd_loglik)
@@ -434,7 +436,8 @@ def _cmd_loglik(args: argparse.Namespace) -> int:
     loaded = load_for_inference(run, device=args.device)
     ds = loglik_run(
         loaded, args.data, divergence=args.divergence, n=args.n, batch_size=args.batch_size, probes=args.probes,
-        rtol=args.rtol, atol=args.atol, t_min=args.t_min, seed=args.seed, progress=_progress(args),
+        rtol=args.rtol, atol=args.atol, t_min=args.t_min, time_variable=args.time_variable, seed=args.seed,
+        progress=_progress(args),
     )
     write_table(ds, out)
     lp = ds["log_prob"].values
