@@ -178,6 +178,13 @@ def main(argv: list[str] | None = None) -> int:
                 s.notes.append(f"clock: {clock_name()}")
             sections[name] = s
             print(table(s), flush=True)
+            if args.json:  # after every section, so that an interrupted run keeps what it measured
+                partial = {"machine": {**info, "load_average_end": load_average(), "total_seconds":
+                                       round(time.perf_counter() - started, 1)},
+                           "quick": args.quick, "argv": sys.argv[1:] if argv is None else argv,
+                           "sections": {k: v.to_dict() for k, v in sections.items()}}
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(partial, indent=1, default=str))
     info["load_average_end"] = load_average()
     info["total_seconds"] = round(time.perf_counter() - started, 1)
     doc = {"machine": info, "quick": args.quick, "argv": sys.argv[1:] if argv is None else argv,
