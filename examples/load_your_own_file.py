@@ -124,7 +124,7 @@ def main() -> None:
     # 3. a small conditional model (3 channels, cond = [wind, 1])
     net = sd.UNet(channels=3, dims=2, periodic=True, cond_dim=2, base_channels=16, channel_mults=(1, 2),
                   attention_levels=())
-    model = sd.ScoreModel(net, sd.VPSDE())
+    model = sd.ScoreModel(net, sd.VPSDE(), prediction="v")  # v: usable in few steps (docs/cli.md)
     config = TrainConfig(steps=args.steps, batch_size=32, lr=2e-3, warmup_steps=50, lr_decay="cosine",
                          ema_decay=0.995, log_every=100, checkpoint_every=0, seed=args.seed)
     start = time.perf_counter()

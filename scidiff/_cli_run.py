@@ -103,7 +103,9 @@ class ModelOptions:
         attention: self-attention at the coarsest level.
         dropout: dropout probability in the residual blocks.
         periodic: circular padding (fields on a periodic domain); else zero padding.
-        prediction: what the network predicts, "eps", "x0" or "v".
+        prediction: what the network predicts, "eps", "x0" or "v".  The default "v" trains to
+            usable samples in far fewer steps than "eps" (docs/cli.md: a 16 x 16 field after 400
+            steps had sample std 0.96 with "v", 8.6 with "eps", data 0.95).
         schedule: "linear" (beta_min, beta_max) or "cosine".
         beta_min, beta_max: the linear schedule's beta(0) and beta(1).
     """
@@ -114,7 +116,7 @@ class ModelOptions:
     attention: bool = True
     dropout: float = 0.0
     periodic: bool = False
-    prediction: str = "eps"
+    prediction: str = "v"
     schedule: str = "linear"
     beta_min: float = 0.1
     beta_max: float = 20.0

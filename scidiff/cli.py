@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     # train
     p = sub.add_parser(
         "train", formatter_class=_Formatter, help="train a model on fields in a netCDF / HDF5 file",
-        description="Train a diffusion model (a UNet predicting the noise, on the VP-SDE) on the fields "
+        description="Train a diffusion model (a UNet on the VP-SDE, predicting v by default) on the fields "
         "of one or more variables of a file.  Options come from their defaults, then --config FILE.toml "
         "([data], [model], [train] tables), then the command line.  The run folder receives "
         "config.toml (every option), run.json and checkpoints/.\n\n"
@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="circular padding for fields on a periodic domain (default: off)")
     g.add_argument("--attention", action=argparse.BooleanOptionalAction, default=None,
                    help="self-attention at the coarsest level (default: on)")
-    g.add_argument("--prediction", choices=["eps", "x0", "v"], help="network target (default eps)")
+    g.add_argument("--prediction", choices=["eps", "x0", "v"], help="network target (default v)")
     g.add_argument("--schedule", choices=["linear", "cosine"], help="noise schedule (default linear)")
     g = p.add_argument_group("training (any other option: --config)")
     g.add_argument("--steps", type=_positive_int, help="optimiser steps (default 10000)")

@@ -280,6 +280,7 @@ def run_demo(
         "config": asdict(cfg),
         "seed": seed,
         "amplitude": amplitude,
+        "prediction": model.prediction,
     }
     files = {
         "checkpoint": loaded.checkpoint.path,
@@ -330,7 +331,7 @@ validation fields, {v['n_heldout']} held-out fields drawn with another seed.  Th
 exactly (diagonal in Fourier space), so the model's likelihood can be checked against the truth.
 
 **Model.** A periodic UNet with {v['parameters']:,} parameters (base width {cfg['base_channels']},
-levels {cfg['channel_mults']}), eps-prediction on the linear VP-SDE, trained for {v['steps']} steps
+levels {cfg['channel_mults']}), {v['prediction']}-prediction on the linear VP-SDE, trained for {v['steps']} steps
 (batch {cfg['batch_size']}, AdamW, lr {cfg['lr']}, cosine decay, EMA {cfg['ema_decay']});
 final training loss {v['final_loss']:.4f}, validation loss {v['val_loss']:.4f}.
 

@@ -73,10 +73,10 @@ def data_file(workdir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def zero_run(workdir: Path, data_file: Path) -> Path:
-    """A run whose network still outputs (almost exactly) 0: one step at lr 1e-12."""
+    """A run whose eps-network still outputs (almost exactly) 0: one step at lr 1e-12, so s = 0."""
     run = workdir / "zero_run"
     rc = run_cli("train", "--data", str(data_file), "--var", "T", "--out", str(run), "--steps", "1",
-                 "--lr", "1e-12", "--warmup-steps", "0", "--periodic", *TINY_NET)
+                 "--lr", "1e-12", "--warmup-steps", "0", "--periodic", "--prediction", "eps", *TINY_NET)
     assert rc == 0
     return run
 
