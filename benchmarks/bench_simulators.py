@@ -98,7 +98,8 @@ def main() -> None:
         row = time_one(name, args.n, args.size, args.seed)
         rows.append(row)
         print(f"{name:<14} {row['n']:>6} {row['size']:>5} {row['seconds']:>9.1f} "
-              f"{row['cpu_seconds']:>9.1f} {row['fields_per_second']:>9.1f} {row['threads']:>7} {row['load_avg_1min']:>5.1f}",
+              f"{row['cpu_seconds']:>9.1f} {row['fields_per_second']:>9.1f} "
+              f"{row['threads']:>7} {row['load_avg_1min']:>5.1f}",
               flush=True)
     result: dict[str, Any] = {
         "benchmark": "simulators", "machine": platform.machine(), "cpus": os.cpu_count(),

@@ -237,8 +237,8 @@ def _make_navier_stokes(
     n: int, size: int, seed: int, progress: bool, *,
     reynolds: Range = (100.0, 1000.0), forcing_amplitude: Range = 1.0,
     forcing_wavenumber: Range = 4, drag: Range = 0.1, spinup_time: float = 10.0,
-    spinup_size: int = 32, relax_time: float = 2.0, solver_size: int | None = None,
-    cfl: float = 0.5, batch_size: int = 250, dtype: str = "float32",
+    spinup_size: int = 32, relax_time: float = 1.0, solver_size: int | None = None,
+    cfl: float = 1.0, batch_size: int = 250, dtype: str = "float32",
 ) -> xr.Dataset:
     """Kolmogorov-forced 2-D turbulence: vorticity snapshots in statistical steady state.
 
