@@ -6,8 +6,11 @@ lambda = log(alpha^2 / sigma^2), using d log alpha^2 / d lambda = sigma^2,
 
     dx/dlambda = sigma^2(lambda) (x + s(x, t(lambda))) / 2,   sigma^2(lambda) = sigmoid(-lambda),
 
-whose right-hand side stays O(sigma) as lambda -> +inf, so an adaptive solver takes far
-fewer steps for the same tolerance.  Both forms are ``dx/du = c(u) (x + s)`` with a scalar
+whose right-hand side stays O(sigma) as lambda -> +inf.  Measured (docs/samplers.md,
+benchmarks/results): on near-degenerate spectra the log-SNR needs fewer evaluations at loose
+tolerances, but on Gaussian mixtures and a trained Gaussian-random-field model t needs as few
+or fewer at equal accuracy, so t is the likelihood's default and log-SNR the ODE sampler's.
+Both forms are ``dx/du = c(u) (x + s)`` with a scalar
 c(u): -beta(t)/2 for u = t and sigma^2/2 for u = lambda.  The divergence of the right-hand
 side is therefore c(u) (D + div s), which the likelihood uses.
 """

@@ -68,8 +68,8 @@ class ScoreModel(nn.Module):
 
     def score(self, x: Tensor, t: Tensor, cond: Tensor | None = None, **kwargs: Any) -> Tensor:
         """s(x_t, t) = -eps-hat / sigma_t ~= grad_x log p_t(x); shape of ``x``."""
-        _, sigma, _ = self.sde._coef(_batch_time(t, x), x)
-        return -self.eps(x, t, cond, **kwargs) / sigma
+        sigma = self.sde._sigma_like(_batch_time(t, x), x)
+        return self.eps(x, t, cond, **kwargs).div(sigma).neg_()
 
     def denoise(self, x: Tensor, t: Tensor, cond: Tensor | None = None, **kwargs: Any) -> Tensor:
         """Tweedie's x0-hat = E[x_0 | x_t] = (x_t - sigma_t eps-hat) / alpha_t; shape of ``x``."""

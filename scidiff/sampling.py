@@ -133,21 +133,27 @@ class Ancestral(Sampler):
     def run(self, score, sde, x, *, generator, progress):
         times = uniform_grid(self.steps, 1.0, 0.0)
         log_alpha = sde.schedule._log_alpha(torch.tensor(times, dtype=torch.float64)).tolist()
+        t_grid = torch.tensor(times, dtype=x.dtype, device=x.device)  # one tensor, viewed per step
+        bsz = x.shape[0]
         bar = _progress(self.steps, "ancestral", progress)
         for k in range(self.steps):
-            t, s = times[k], times[k + 1]
+            s = times[k + 1]
             la_t, la_s = log_alpha[k], log_alpha[k + 1]
             sigma2_t = -math.expm1(2.0 * la_t)
-            x0_hat = (x + sigma2_t * score(x, _full(x, t))) / math.exp(la_t)
+            score_t = score(x, t_grid[k].expand(bsz))
             if s <= 0.0:
-                x = x0_hat
+                # x0-hat = (x + sigma_t^2 s) / alpha_t
+                x = x.add(score_t, alpha=sigma2_t).mul_(math.exp(-la_t))
             else:
                 sigma2_s = -math.expm1(2.0 * la_s)
                 sigma2_ts = -math.expm1(2.0 * (la_t - la_s))
                 c_x = math.exp(la_t - la_s) * sigma2_s / sigma2_t
                 c_0 = math.exp(la_s) * sigma2_ts / sigma2_t
                 std = math.sqrt(sigma2_ts * sigma2_s / sigma2_t)
-                x = c_x * x + c_0 * x0_hat + std * _noise(x, generator)
+                # c_x x + c_0 x0-hat + std z, with x0-hat expanded: three kernels and the noise
+                a_x = c_x + c_0 * math.exp(-la_t)
+                a_s = c_0 * sigma2_t * math.exp(-la_t)
+                x = x.mul(a_x).add_(score_t, alpha=a_s).add_(_noise(x, generator), alpha=std)
             if bar is not None:
                 bar.update()
         if bar is not None:
