@@ -127,7 +127,7 @@ def load_model(checkpoint: Path, *, device: torch.device | str = "cpu"):
     """(ScoreModel, GRFData) from a checkpoint written by :func:`train_model`."""
     import scidiff as sd
 
-    blob = torch.load(checkpoint, map_location=device, weights_only=False)
+    blob = torch.load(checkpoint, map_location=device, weights_only=True)
     info = blob["info"]
     net = sd.UNet(**info["net_config"])
     net.load_state_dict(blob["state_dict"])
@@ -258,7 +258,7 @@ def main() -> None:
     set_clock(args.device)
     if args.checkpoint.is_file() and not args.retrain and not args.quick:
         model, data = load_model(args.checkpoint, device=args.device)
-        info = torch.load(args.checkpoint, weights_only=False)["info"]
+        info = torch.load(args.checkpoint, weights_only=True)["info"]
     else:
         info = train_model(quick=args.quick, budget_s=60 * args.budget_min, checkpoint=args.checkpoint,
                            device=args.device, progress=True)

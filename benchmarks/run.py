@@ -98,7 +98,7 @@ def trained_model(args: argparse.Namespace, tmp: Path):
     ckpt = (tmp / "quick.pt") if args.quick else args.checkpoint
     if ckpt.is_file() and not args.retrain:
         model, data = bench_accuracy.load_model(ckpt, device=args.device)
-        info = torch.load(ckpt, weights_only=False)["info"]
+        info = torch.load(ckpt, weights_only=True)["info"]
         info["reused_checkpoint"] = str(ckpt)
         return model, data, info, ckpt
     budget = 10.0 if args.quick else 60.0 * args.budget_min
