@@ -268,7 +268,7 @@ def loglik_run(
     rtol: float = 1e-5,
     atol: float = 1e-5,
     t_min: float = 1e-5,
-    time_variable: str = "logsnr",
+    time_variable: str | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> Any:
@@ -282,7 +282,8 @@ def loglik_run(
         n: evaluate only the first ``n`` fields.
         batch_size: fields per ODE solve.
         probes: Hutchinson probes per field, held fixed over the solve.
-        rtol, atol, t_min, time_variable: the PF-ODE solve (see ``docs/samplers.md``).
+        rtol, atol, t_min, time_variable: the PF-ODE solve (see ``docs/samplers.md``);
+            ``time_variable=None`` takes ``scidiff.log_likelihood``'s default.
         seed: seeds the Hutchinson probes.
         progress: show a progress bar.
 
@@ -295,6 +296,10 @@ def loglik_run(
 
     if divergence not in ("exact", "hutchinson"):
         raise ValueError(f"--divergence must be 'exact' or 'hutchinson', got {divergence!r}")
+    if time_variable is None:
+        import inspect
+
+        time_variable = inspect.signature(sd.log_likelihood).parameters["time_variable"].default
     if n is not None and n < 1:
         raise ValueError(f"--n must be a positive integer, got {n}")
     run = loaded.run

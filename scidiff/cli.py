@@ -262,8 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rtol", type=float, default=1e-5, help="ODE relative tolerance")
     p.add_argument("--atol", type=float, default=1e-5, help="ODE absolute tolerance")
     p.add_argument("--t-min", type=float, default=1e-5, help="where the flow starts (log p_t_min ~ log p_0)")
-    p.add_argument("--time-variable", choices=["logsnr", "t", "sigma"], default="t",
-                   help="ODE integration variable (see docs/samplers.md)")
+    p.add_argument("--time-variable", choices=["logsnr", "t", "sigma"], default=None,
+                   help="ODE integration variable (default: that of scidiff.log_likelihood; see docs/samplers.md)")
     p.add_argument("--out", required=True, help="output table: FILE.nc or FILE.csv")
     _common(p)
     p.set_defaults(func=_cmd_loglik)

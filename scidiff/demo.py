@@ -281,6 +281,7 @@ def run_demo(
         "seed": seed,
         "amplitude": amplitude,
         "prediction": model.prediction,
+        "time_variable": str(ll.attrs["time_variable"]),
     }
     files = {
         "checkpoint": loaded.checkpoint.path,
@@ -338,7 +339,7 @@ final training loss {v['final_loss']:.4f}, validation loss {v['val_loss']:.4f}.
 ## Likelihood of held-out fields
 
 log p(x) through the probability-flow ODE (dopri5, rtol = atol = {cfg['rtol']}, t_min = 1e-5,
-log-SNR time), divergence by Hutchinson's estimator with {cfg['probes']} Rademacher probe(s) per field,
+integrated in the time variable "{v['time_variable']}"), divergence by Hutchinson's estimator with {cfg['probes']} Rademacher probe(s) per field,
 in the units of the data (the normalisation's Jacobian included).  Mean over {v['n_heldout']} fields,
 +- one standard error:
 
