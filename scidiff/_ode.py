@@ -91,10 +91,14 @@ class TimeSigma(TimeVariable):
     def u_of_t(self, t: Tensor) -> Tensor:
         return torch.exp(-0.5 * self.schedule._log_snr64(t))
 
+    # an adaptive solver's first-step probe can land at u <= 0 (beyond t = 0): clamp, as t is
+    _U_MIN = 1e-12
+
     def t_of_u(self, u: Tensor) -> Tensor:
-        return self.schedule._t_of_log_snr(-2.0 * torch.log(u)).clamp(0.0, 1.0)
+        return self.schedule._t_of_log_snr(-2.0 * torch.log(u.clamp_min(self._U_MIN))).clamp(0.0, 1.0)
 
     def coefficient(self, u: Tensor, t: Tensor) -> Tensor:
+        u = u.clamp_min(self._U_MIN)
         return -torch.sigmoid(2.0 * torch.log(u)) / u
 
 

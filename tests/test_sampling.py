@@ -61,6 +61,7 @@ CASES = [
     ("pc", {"steps": 200, "snr": 0.1}),
     ("ode", {}),
     ("ode", {"time_variable": "t"}),
+    ("ode", {"time_variable": "sigma"}),
     ("ode", {"ode_method": "rk4", "steps": 30}),
 ]
 
