@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
