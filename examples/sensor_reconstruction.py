@@ -65,7 +65,7 @@ def train_model(grf: GaussianRandomField, scale: float, args) -> tuple[sd.ScoreM
     gen = torch.Generator().manual_seed(args.seed)
     fields = (grf.sample(args.n_train, generator=gen)[:, None] / scale).float()
     net = sd.UNet(1, 2, periodic=True, base_channels=args.base_channels, channel_mults=(1, 2, 2), attention_levels=())
-    model = sd.ScoreModel(net, sd.VPSDE())
+    model = sd.ScoreModel(net, sd.VPSDE(), prediction="v")  # v: usable in few steps (docs/cli.md)
     config = TrainConfig(steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=200,
                          ema_decay=args.ema_decay, log_every=100, checkpoint_every=0, seed=args.seed)
     trainer = Trainer(model, config)
@@ -104,7 +104,7 @@ def main() -> None:
         saved = torch.load(path, weights_only=True)
         net = sd.UNet(**saved["config"])
         net.load_state_dict(saved["state"])
-        model, info = sd.ScoreModel(net, sd.VPSDE()), saved["info"]
+        model, info = sd.ScoreModel(net, sd.VPSDE(), prediction="v"), saved["info"]
         print(f"loaded the model trained for {info['train_steps']} steps ({info['train_wall_s'] / 60:.1f} min)")
     else:
         model, info = train_model(grf, scale, args)
