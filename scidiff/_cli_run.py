@@ -22,10 +22,6 @@ import json
 import math
 import os
 import shutil
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -177,14 +173,10 @@ def read_config(path: str | os.PathLike[str]) -> tuple[DataOptions, ModelOptions
     """
     from scidiff.training import TrainConfig
 
+    from scidiff._toml import read_toml
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"configuration file {str(path)!r} does not exist")
-    try:
-        with path.open("rb") as fh:
-            doc = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"configuration file {str(path)!r} is not valid TOML: {err}") from None
+    doc = read_toml(path)
     tables = {"data", "model", "train"}
     if not tables & set(doc):
         doc = {"train": doc}

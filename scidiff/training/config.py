@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -146,14 +142,10 @@ class TrainConfig:
     @classmethod
     def from_toml(cls, path: str | Path) -> "TrainConfig":
         """Read the options from a TOML file: its ``[train]`` table if it has one, else the top level."""
+        from scidiff._toml import read_toml
+
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"training configuration file {str(path)!r} does not exist")
-        try:
-            with path.open("rb") as f:
-                doc = tomllib.load(f)
-        except tomllib.TOMLDecodeError as err:
-            raise ValueError(f"training configuration file {str(path)!r} is not valid TOML: {err}") from None
+        doc = read_toml(path, what="training configuration file")
         table = doc.get("train", doc)
         return cls.from_dict(table, source=f"training configuration file {str(path)!r}")
 
