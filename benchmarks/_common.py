@@ -7,7 +7,9 @@ section as a table and writes them all to JSON.
 
 from __future__ import annotations
 
+import argparse
 import datetime
+import json
 import math
 import os
 import platform
@@ -147,6 +149,35 @@ def machine(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+# ---- command line of a single benchmark script ------------------------------------------------
+def script_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The options every benchmark script shares: ``--quick``, ``--device``, ``--threads``, ``--json``."""
+    p = argparse.ArgumentParser(description=(doc or "").splitlines()[0] if doc else None)
+    p.add_argument("--quick", action="store_true", help="tiny sizes (the smoke test of benchmarks/run.py)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: timings on the thread's CPU clock)")
+    p.add_argument("--json", type=Path, default=None, help="write the sections as JSON to this path")
+    return p
+
+
+def parse_script_args(p: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parse, set the torch threads and choose the clock (see :func:`set_clock`)."""
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    set_clock(args.device)
+    return args
+
+
+def report(sections: Sequence["Section"], json_path: Path | None, *, single: bool = False) -> None:
+    """Print each section's table; write them to ``json_path`` (one section's dict when ``single``,
+    else a dict keyed by section name)."""
+    for s in sections:
+        print(table(s))
+    if json_path is not None:
+        data = sections[0].to_dict() if single else {s.name: s.to_dict() for s in sections}
+        json_path.write_text(json.dumps(data, indent=1))
 
 
 # ---- timing --------------------------------------------------------------------------------

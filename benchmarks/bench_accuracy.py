@@ -21,8 +21,6 @@ true fields (the sampling-noise floor of the estimate).
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
 import time
@@ -34,7 +32,7 @@ import torch
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import set_clock, Section, table, timed  # noqa: E402
+from _common import Section, parse_script_args, report, script_parser, timed  # noqa: E402
 
 TRAIN_NET: dict[str, Any] = {"base_channels": 16, "channel_mults": (1, 2, 2), "num_res_blocks": 1, "groups": 8}
 QUICK_TRAIN_NET: dict[str, Any] = {"base_channels": 8, "channel_mults": (1, 2), "num_res_blocks": 1, "groups": 4,
@@ -244,18 +242,12 @@ def run_quality(model, data: GRFData, *, quick: bool, device: torch.device | str
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1)
+    p = script_parser(__doc__)
     p.add_argument("--budget-min", type=float, default=15.0, help="training budget in minutes of CPU time")
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     p.add_argument("--retrain", action="store_true", help="train even if the checkpoint exists")
     p.add_argument("--train-only", action="store_true")
-    p.add_argument("--json", type=Path, default=None)
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    set_clock(args.device)
+    args = parse_script_args(p)
     if args.checkpoint.is_file() and not args.retrain and not args.quick:
         model, data = load_model(args.checkpoint, device=args.device)
         info = torch.load(args.checkpoint, weights_only=True)["info"]
@@ -265,13 +257,8 @@ def main() -> None:
         model, data = info["model"], GRFData(info["size"])
     if args.train_only:
         return
-    out = {}
-    for s in (run_accuracy(model, data, info, quick=args.quick, device=args.device),
-              run_quality(model, data, quick=args.quick, device=args.device)):
-        print(table(s))
-        out[s.name] = s.to_dict()
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=1))
+    report([run_accuracy(model, data, info, quick=args.quick, device=args.device),
+            run_quality(model, data, quick=args.quick, device=args.device)], args.json)
 
 
 if __name__ == "__main__":

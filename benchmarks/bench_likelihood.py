@@ -18,21 +18,18 @@ with written-out attention and with ``fused_attention=True``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import set_clock, Section, make_unet, median, table, timed  # noqa: E402
+from _common import Section, make_unet, median, parse_script_args, report, script_parser, timed  # noqa: E402
 
 SPEEDUP_GOAL = 4.0
 TRACE_GOAL = 0.8
@@ -280,27 +277,16 @@ def _extrapolated_exact(score, x: Tensor, t: Tensor, chunk: int, cap_seconds: fl
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1)
+    p = script_parser(__doc__)
     p.add_argument("--only", default="likelihood,trace")
     p.add_argument("--checkpoint", type=Path, default=None, help="trained GRF model from bench_accuracy.py")
-    p.add_argument("--json", type=Path, default=None)
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    set_clock(args.device)
-    out: dict[str, Any] = {}
+    args = parse_script_args(p)
+    sections = []
     if "likelihood" in args.only:
-        s = run_likelihood(quick=args.quick, device=args.device, checkpoint=args.checkpoint)
-        print(table(s))
-        out[s.name] = s.to_dict()
+        sections.append(run_likelihood(quick=args.quick, device=args.device, checkpoint=args.checkpoint))
     if "trace" in args.only:
-        s = run_trace(quick=args.quick, device=args.device)
-        print(table(s))
-        out[s.name] = s.to_dict()
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=1))
+        sections.append(run_trace(quick=args.quick, device=args.device))
+    report(sections, args.json)
 
 
 if __name__ == "__main__":

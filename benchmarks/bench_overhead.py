@@ -18,8 +18,6 @@ network evaluations; 1.005 means 0.5% on top.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
 import time
@@ -30,7 +28,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import set_clock, Section, make_unet, median, table, timed  # noqa: E402
+from _common import Section, make_unet, median, parse_script_args, report, script_parser, timed  # noqa: E402
 
 GOAL = 1.005
 
@@ -205,20 +203,12 @@ def run(
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1)
+    p = script_parser(__doc__)
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--json", type=Path, default=None)
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    set_clock(args.device)
+    args = parse_script_args(p)
     section = run(quick=args.quick, device=args.device, repeats=args.repeats, steps=args.steps)
-    print(table(section))
-    if args.json:
-        args.json.write_text(json.dumps(section.to_dict(), indent=1))
+    report([section], args.json, single=True)
 
 
 if __name__ == "__main__":

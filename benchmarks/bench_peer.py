@@ -22,8 +22,6 @@ each loop's overhead ratio against the network.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -31,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import set_clock, REPO, Section, make_unet, median, table, timed  # noqa: E402
+from _common import REPO, Section, make_unet, median, parse_script_args, report, script_parser, timed  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 
@@ -125,20 +123,12 @@ def run(*, quick: bool = False, device: torch.device | str = "cpu", sizes: tuple
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1)
+    p = script_parser(__doc__)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--json", type=Path, default=None)
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    set_clock(args.device)
+    args = parse_script_args(p)
     section = run(quick=args.quick, device=args.device, steps=args.steps, repeats=args.repeats)
-    print(table(section))
-    if args.json:
-        args.json.write_text(json.dumps(section.to_dict(), indent=1))
+    report([section], args.json, single=True)
 
 
 if __name__ == "__main__":
