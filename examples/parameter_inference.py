@@ -35,11 +35,16 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--slope-min", type=float, default=2.0)
     p.add_argument("--slope-max", type=float, default=4.0)
     p.add_argument("--n-train", type=int, default=20000, help="training fields")
-    p.add_argument("--minutes", type=float, default=10.0, help="training budget in wall-clock minutes")
-    p.add_argument("--max-steps", type=int, default=100_000, help="training steps at most")
+    p.add_argument("--steps", type=int, default=6000, help="training steps (cosine learning-rate decay over them)")
+    p.add_argument("--minutes", type=float, default=0.0, help="stop training early after this many wall-clock minutes (0: no limit)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--base-channels", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--base-channels", type=int, default=16)
+    p.add_argument("--channel-mults", type=int, nargs="+", default=[1, 2], help="UNet width multipliers per level")
+    p.add_argument("--prediction", choices=("eps", "x0", "v"), default="v",
+                   help="network parameterisation (v trains fastest on a CPU budget)")
+    p.add_argument("--time-sampling", choices=("uniform", "importance"), default="uniform")
+    p.add_argument("--weighting", choices=("simple", "likelihood"), default="simple")
     p.add_argument("--ema-decay", type=float, default=0.995, help="EMA decay of the weights (short runs: < 0.999)")
     p.add_argument("--n-test", type=int, default=10, help="held-out fields")
     p.add_argument("--grid-step", type=float, default=0.1, help="spacing of the slope grid for the model")
@@ -52,27 +57,38 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def build_model(size: int, base_channels: int) -> sd.ScoreModel:
-    """UNet on periodic n x n fields, conditioned on [slope, 1] (cond_dim = 2)."""
-    mults = (1, 2, 2) if size >= 16 else (1, 2)
-    net = sd.UNet(1, 2, periodic=True, cond_dim=2, base_channels=base_channels, channel_mults=mults,
-                  attention_levels=())
-    return sd.ScoreModel(net, sd.VPSDE(), prediction="eps")
+def build_model(args: argparse.Namespace) -> sd.ScoreModel:
+    """UNet on periodic n x n fields, conditioned on [s, 1] (cond_dim = 2), s the slope scaled to [-1, 1]."""
+    net = sd.UNet(1, 2, periodic=True, cond_dim=2, base_channels=args.base_channels,
+                  channel_mults=tuple(args.channel_mults), attention_levels=())
+    prediction = args.prediction
+    return sd.ScoreModel(net, sd.VPSDE(), prediction=prediction)
+
+
+def scaled(slope: torch.Tensor, args: argparse.Namespace) -> torch.Tensor:
+    """The slope mapped from [slope_min, slope_max] to [-1, 1]: the network's conditioning input."""
+    mid, half = 0.5 * (args.slope_max + args.slope_min), 0.5 * (args.slope_max - args.slope_min)
+    return (slope - mid) / half
 
 
 def train(model, fields, slopes, args) -> tuple[sd.ScoreModel, dict]:
-    """Train for ``args.minutes`` of wall time (or ``args.max_steps``) with the training module."""
+    """Train for ``args.steps`` steps (or until ``args.minutes`` of wall time) with the training module."""
     from scidiff.training import TrainConfig, Trainer
 
-    config = TrainConfig(steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=200,
-                         ema_decay=args.ema_decay, log_every=100, checkpoint_every=0, seed=args.seed, grad_clip=1.0)
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=200,
+                         lr_decay="cosine", ema_decay=args.ema_decay, log_every=100, checkpoint_every=0,
+                         val_every=0, seed=args.seed, grad_clip=1.0, time_sampling=args.time_sampling,
+                         weighting=args.weighting)
     trainer = Trainer(model, config)
-    cond = condition(slopes[:, None].float())
+    cond = condition(scaled(slopes, args)[:, None].float())
     start = time.perf_counter()
-    while trainer.step < args.max_steps and time.perf_counter() - start < 60 * args.minutes:
-        trainer.fit(fields, cond, until=trainer.step + 100, progress=not args.no_progress)
+    limit = 60 * args.minutes if args.minutes > 0 else math.inf
+    while trainer.step < args.steps and time.perf_counter() - start < limit:
+        trainer.fit(fields, cond, until=min(args.steps, trainer.step + 100), progress=not args.no_progress)
     wall = time.perf_counter() - start
-    info = {"train_steps": trainer.step, "train_wall_s": wall, "batch_size": args.batch_size,
+    info = {"prediction": args.prediction, "time_sampling": args.time_sampling, "weighting": args.weighting,
+            "base_channels": args.base_channels, "channel_mults": list(args.channel_mults),
+            "lr": args.lr, "train_steps": trainer.step, "train_wall_s": wall, "batch_size": args.batch_size,
             "final_loss": trainer.history[-1]["loss"] if trainer.history else math.nan,
             "parameters": sum(p.numel() for p in model.parameters())}
     return trainer.ema_model, info
@@ -95,7 +111,7 @@ def main() -> None:
     x_train = (fields / c).float()
 
     # ---- the conditional model
-    model = build_model(args.size, args.base_channels)
+    model = build_model(args)
     model_dir = args.out / "model"
     info: dict = {}
     if args.reuse and (model_dir / "model.pt").exists():
@@ -130,7 +146,7 @@ def main() -> None:
     t0 = time.perf_counter()
     with torch.no_grad():
         ll_model = log_likelihood_grid(
-            lambda th: conditional_score(model, th.reshape(1)), model.sde, (x_test / c).float(), grid,
+            lambda th: conditional_score(model, scaled(th, args).reshape(1)), model.sde, (x_test / c).float(), grid,
             seed=args.seed, progress=not args.no_progress, rtol=1e-4, atol=1e-4, **opts,
         ).double() - d * math.log(c)
     lik_wall = time.perf_counter() - t0

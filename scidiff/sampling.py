@@ -224,7 +224,7 @@ class PredictorCorrector(EulerMaruyama):
         self.corrector_steps = corrector_steps
 
     def _step(self, score, sde, x, t, dt, beta, generator):
-        alpha_i = 1.0 - beta * dt
+        alpha_i = math.exp(-beta * dt)
         t_vec = _full(x, t)
         for _ in range(self.corrector_steps):
             s = score(x, t_vec)
