@@ -90,6 +90,10 @@ def exact_posterior(grf, op, y, noise):
 
 def main() -> None:
     args = parse_args()
+    need = math.ceil(2.0 / (1.0 - max(LEVELS)) - 1.0 - 1e-9)  # the 90% interval needs the 1/(M+1) quantiles
+    if args.samples < need:
+        raise SystemExit(f"--samples {args.samples}: the {max(LEVELS):.0%} posterior interval needs at least "
+                         f"{need} samples")
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
