@@ -33,7 +33,6 @@ from _common import Section, make_unet, median, parse_script_args, report, scrip
 
 SPEEDUP_GOAL = 4.0
 TRACE_GOAL = 0.8
-EXTRAPOLATION_CHUNK = 64  # basis vectors per batched VJP when the exact trace is extrapolated
 
 
 # ---- the score_sde-style baseline -------------------------------------------------------------
@@ -235,7 +234,7 @@ def run_trace(*, quick: bool = False, device: torch.device | str = "cpu", sizes:
 
                 w = median([timed(exact, device)[0] for _ in range(max(1, repeats - 1))])
             else:
-                w, batched = _extrapolated_exact(score, x, t, EXTRAPOLATION_CHUNK, cap_seconds, device)
+                w, batched = _extrapolated_exact(score, x, t, lik._default_chunk_size(1, d), cap_seconds, device)
             section.rows.append({
                 "grid": f"{size}x{size}", "attention": "fused (sdpa)" if fused else "written out", "D": d,
                 "hutch_ms": 1e3 * h, "hutch8_evals": h8 / h, "exact_evals": w / h, "exact_per_D": w / (h * d),
@@ -246,7 +245,7 @@ def run_trace(*, quick: bool = False, device: torch.device | str = "cpu", sizes:
     section.notes.append(
         "batch 1; the unit is one Hutchinson evaluation: score forward with grad + one VJP + the dot product; "
         "exact = the same forward + divergence_exact with its default chunk size; rows marked extrapolated time "
-        f"a few chunks of {EXTRAPOLATION_CHUNK} basis vectors of the same batched VJP and scale by D / chunk "
+        "a few chunks of the library's default size (the same batched VJP) and scale by D / chunk "
         f"(cap {cap_seconds:.0f} s per measurement); batched = whether the library's batched VJP "
         f"(is_grads_batched) worked or it fell back to a loop; torch threads {torch.get_num_threads()}"
     )

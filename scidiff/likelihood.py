@@ -81,6 +81,15 @@ def _vjp_batched(s: Tensor, x: Tensor, vs: Tensor) -> Tensor:
     return torch.stack([torch.autograd.grad(s, x, v, retain_graph=True)[0] for v in vs])
 
 
+def _default_chunk_size(bsz: int, d: int) -> int:
+    """Basis vectors per batched VJP of the exact trace when none is given.
+
+    Wide batches of cotangents are memory-bound: about 2^14 elements per batched VJP (64 basis
+    vectors at 16x16, 16 at 32x32, 4 at 64x64, for one field) measured cheapest per vector on CPU.
+    """
+    return max(1, min(d, (1 << 14) // max(1, bsz * d)))
+
+
 def divergence_exact(s: Tensor, x: Tensor, *, chunk_size: int | None = None) -> Tensor:
     """tr(ds/dx) per sample [B] from D vector-Jacobian products, ``chunk_size`` at a time.
 
@@ -91,9 +100,7 @@ def divergence_exact(s: Tensor, x: Tensor, *, chunk_size: int | None = None) -> 
     bsz = x.shape[0]
     d = x[0].numel()
     if chunk_size is None:
-        # wide batches of cotangents are memory-bound: 2^14 elements per batched VJP (64 basis
-        # vectors at 16x16, 16 at 32x32, 4 at 64x64) measured cheapest per vector on CPU
-        chunk_size = max(1, min(d, (1 << 14) // max(1, bsz * d)))
+        chunk_size = _default_chunk_size(bsz, d)
     eye = torch.eye(d, dtype=x.dtype, device=x.device)
     trace = torch.zeros(bsz, dtype=x.dtype, device=x.device)
     for i0 in range(0, d, chunk_size):
