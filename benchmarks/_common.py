@@ -36,7 +36,7 @@ class Section:
         title: one line describing what is measured.
         columns: the row keys shown in the printed table, in order.
         rows: one dict per measured configuration; numbers are python floats/ints.
-        goal: the goal of the issue, in words.
+        goal: the section's goal, in words.
         notes: how it was measured, caveats, the diagnosis of a missed goal.
         status: "ok", or "skipped" (then ``notes`` says why and ``rows`` may be empty).
         seconds: wall time the section took.

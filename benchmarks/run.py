@@ -82,7 +82,7 @@ def run_throughput(args: argparse.Namespace, tmp: Path) -> Section:
         title="training throughput and peak memory (benchmarks/bench_training.py)",
         columns=["size", "batch", "params", "device", "threads", "s_per_step", "fields_per_s", "peak_mib"],
         rows=rows,
-        goal="reported (no numeric goal in the issue)",
+        goal="reported (no numeric goal)",
         notes=[f"one step = Trainer.train_step (DSM loss, backward, clipping, AdamW, EMA); peak memory: {kind}",
                "clock: wall time (bench_training.py's own), so on a loaded machine fields/s is a lower bound",
                f"OMP_NUM_THREADS={args.threads}"],
