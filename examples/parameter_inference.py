@@ -65,8 +65,7 @@ def build_model(args: argparse.Namespace) -> sd.ScoreModel:
     """UNet on periodic n x n fields, conditioned on [s, 1] (cond_dim = 2), s the slope scaled to [-1, 1]."""
     net = sd.UNet(1, 2, periodic=True, cond_dim=2, base_channels=args.base_channels,
                   channel_mults=tuple(args.channel_mults), attention_levels=())
-    prediction = args.prediction
-    return sd.ScoreModel(net, sd.VPSDE(), prediction=prediction)
+    return sd.ScoreModel(net, sd.VPSDE(), prediction=args.prediction)
 
 
 def scaled(slope: torch.Tensor, args: argparse.Namespace) -> torch.Tensor:
@@ -87,8 +86,9 @@ def train(model, fields, slopes, args) -> tuple[sd.ScoreModel, dict]:
     cond = condition(scaled(slopes, args)[:, None].float())
     start = time.perf_counter()
     limit = 60 * args.minutes if args.minutes > 0 else math.inf
+    chunk = 100 if math.isfinite(limit) else args.steps  # check the wall clock every 100 steps
     while trainer.step < args.steps and time.perf_counter() - start < limit:
-        trainer.fit(fields, cond, until=min(args.steps, trainer.step + 100), progress=not args.no_progress)
+        trainer.fit(fields, cond, until=min(args.steps, trainer.step + chunk), progress=not args.no_progress)
     wall = time.perf_counter() - start
     info = {"prediction": args.prediction, "time_sampling": args.time_sampling, "weighting": args.weighting,
             "base_channels": args.base_channels, "channel_mults": list(args.channel_mults),
