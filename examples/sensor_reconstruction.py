@@ -26,7 +26,7 @@ import torch
 
 import scidiff as sd
 from scidiff.guidance import DPSGuidance
-from scidiff.metrics import coverage
+from scidiff.metrics import coverage, coverage_min_members
 from scidiff.operators import SparseSensors
 from scidiff.simulators.grf import GaussianRandomField
 
@@ -90,7 +90,7 @@ def exact_posterior(grf, op, y, noise):
 
 def main() -> None:
     args = parse_args()
-    need = math.ceil(2.0 / (1.0 - max(LEVELS)) - 1.0 - 1e-9)  # the 90% interval needs the 1/(M+1) quantiles
+    need = coverage_min_members(max(LEVELS))
     if args.samples < need:
         raise SystemExit(f"--samples {args.samples}: the {max(LEVELS):.0%} posterior interval needs at least "
                          f"{need} samples")

@@ -38,6 +38,7 @@ __all__ = [
     "crps_ensemble",
     "spread_skill_ratio",
     "coverage",
+    "coverage_min_members",
     "rank_histogram",
 ]
 
@@ -558,6 +559,14 @@ def spread_skill_ratio(ensemble: Any, truth: Any) -> float:
     return math.sqrt((m + 1) / m) * spread / rmse
 
 
+def coverage_min_members(level: float) -> int:
+    """Smallest ensemble size M for which :func:`coverage` has an interval at ``level``:
+    ``M >= 2/(1 - level) - 1`` (19 for 0.9, 3 for 0.5)."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be strictly between 0 and 1, got {level!r}")
+    return math.ceil(2.0 / (1.0 - level) - 1.0 - 1e-9)
+
+
 def coverage(ensemble: Any, truth: Any, levels: Sequence[float] = (0.5, 0.9)) -> np.ndarray:
     """Fraction of points whose truth lies in the ensemble's central interval at each level.
 
@@ -587,7 +596,7 @@ def coverage(ensemble: Any, truth: Any, levels: Sequence[float] = (0.5, 0.9)) ->
         rank_low = 0.5 * (1.0 - level) * (m + 1)
         rank_high = (m + 1) - rank_low
         if rank_low < 1.0 - 1e-12:
-            need = math.ceil(2.0 / (1.0 - level) - 1.0 - 1e-9)
+            need = coverage_min_members(float(level))
             raise ValueError(f"coverage at level {level} needs at least {need} ensemble members, got M = {m}")
         low = _order_statistic(ordered, rank_low)
         high = _order_statistic(ordered, rank_high)

@@ -286,6 +286,17 @@ def test_crps_gaussian_ensemble_matches_closed_form():
     assert abs(diff.mean()) < 5 * diff.std() / math.sqrt(points)
 
 
+@pytest.mark.parametrize("level", [0.5, 0.8, 0.9, 0.95])
+def test_coverage_min_members_is_the_boundary_of_coverage(level):
+    m = metrics.coverage_min_members(level)
+    assert m == math.ceil(2.0 / (1.0 - level) - 1.0 - 1e-9)
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=50)
+    metrics.coverage(rng.normal(size=(m, 50)), truth, [level])  # enough members: no error
+    with pytest.raises(ValueError, match=f"needs at least {m} ensemble members"):
+        metrics.coverage(rng.normal(size=(m - 1, 50)), truth, [level])
+
+
 def test_coverage_of_calibrated_ensemble_is_nominal():
     rng = np.random.default_rng(13)
     points, m = 20_000, 39
