@@ -58,7 +58,17 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--reuse", action="store_true", help="load the model from --out/model if it exists")
     p.add_argument("--out", type=Path, default=Path("runs/parameter_inference"))
     p.add_argument("--no-progress", action="store_true")
-    return p.parse_args()
+    args = p.parse_args()
+    if not args.slope_min < args.slope_max:
+        p.error(f"--slope-min {args.slope_min} must be below --slope-max {args.slope_max}")
+    for name in ("size", "n_train", "steps", "batch_size", "n_test"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not 0 < args.grid_step <= args.slope_max - args.slope_min:
+        p.error(f"--grid-step must be in (0, {args.slope_max - args.slope_min:g}], got {args.grid_step}")
+    if args.probes < 0:
+        p.error(f"--probes must be >= 0 (0: exact divergence), got {args.probes}")
+    return args
 
 
 def build_model(args: argparse.Namespace) -> sd.ScoreModel:
@@ -120,7 +130,13 @@ def main() -> None:
     info: dict = {}
     if args.reuse and (model_dir / "model.pt").exists():
         saved = torch.load(model_dir / "model.pt", weights_only=True)
-        model.load_state_dict(saved["state"])
+        try:
+            model.load_state_dict(saved["state"])
+        except RuntimeError:
+            raise SystemExit(f"{model_dir / 'model.pt'} was trained with another network (saved: "
+                             f"{saved['info'].get('base_channels')} base channels, levels "
+                             f"{saved['info'].get('channel_mults')}); pass the same --base-channels and "
+                             "--channel-mults, or drop --reuse to train anew") from None
         info = saved["info"]
         print(f"loaded the model trained for {info['train_steps']} steps ({info['train_wall_s'] / 60:.1f} min)")
     else:
@@ -162,7 +178,7 @@ def main() -> None:
     near = (grid[:, None] - ml_exact[None, :]).abs().argmin(0)
     gap = (ll_model - ll_exact).gather(0, near[None, :])[0]
     # the model's posterior sd from its curve interpolated onto the fine grid (the coarse grid under-resolves it)
-    ll_model_fine = torch.stack([torch.from_numpy(_interp(fine, grid, ll_model[:, b])) for b in range(args.n_test)], 1)
+    ll_model_fine = torch.from_numpy(_interp(fine, grid, ll_model))  # [F, B]
     sd_model = grid_posterior(ll_model_fine, fine).std[:, 0]
 
     print(f"\nlog p(x | slope) on {grid.numel()} slopes for {args.n_test} fields: {lik_wall:.0f} s "
@@ -190,11 +206,12 @@ def main() -> None:
         ],
     }
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
-    figures(args, grid, ll_model, ll_exact, fine, exact_fine, post_model, true_slopes, ml_exact, ml_model)
+    figures(args, grid, ll_model, ll_exact, fine, exact_fine, ll_model_fine, post_model, true_slopes, ml_exact, ml_model)
     print(f"wrote {args.out}/likelihood_curves.png, posteriors.png, results.json")
 
 
-def figures(args, grid, ll_model, ll_exact, fine, exact_fine, post_model, true_slopes, ml_exact, ml_model) -> None:
+def figures(args, grid, ll_model, ll_exact, fine, exact_fine, ll_model_fine, post_model, true_slopes, ml_exact,
+            ml_model) -> None:
     """Likelihood curves (each shifted to its maximum) and posteriors over the slope, model vs exact."""
     import matplotlib
 
@@ -221,7 +238,7 @@ def figures(args, grid, ll_model, ll_exact, fine, exact_fine, post_model, true_s
     h = float(grid[1] - grid[0])
     for b, ax in enumerate(axes[0]):
         dens_exact = torch.softmax(exact_fine[:, b], 0) / h_fine
-        fine_model = torch.softmax(torch.from_numpy(_interp(fine, grid, ll_model[:, b])), 0) / h_fine
+        fine_model = torch.softmax(ll_model_fine[:, b], 0) / h_fine
         ax.plot(fine, dens_exact, color="k", lw=1.5, label="exact")
         ax.plot(fine, fine_model, color="C0", lw=1.2, label="model")
         ax.plot(grid, post_model.weights[:, b] / h, "o", ms=3, color="C0")
@@ -238,10 +255,10 @@ def figures(args, grid, ll_model, ll_exact, fine, exact_fine, post_model, true_s
 
 
 def _interp(xq, x, y):
-    """Cubic interpolation of the model's log-likelihood onto the fine grid (for the posterior plot)."""
+    """Cubic-spline interpolation of curves ``y`` [G, B] sampled at ``x`` [G] onto ``xq`` [F]: [F, B]."""
     from scipy.interpolate import CubicSpline
 
-    return CubicSpline(x.numpy(), y.numpy())(xq.numpy())
+    return CubicSpline(x.numpy(), y.numpy(), axis=0)(xq.numpy())
 
 
 if __name__ == "__main__":
