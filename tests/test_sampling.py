@@ -111,8 +111,12 @@ def test_pc_with_few_steps_stays_finite_and_improves_with_steps():
                       generator=torch.Generator().manual_seed(steps))
         assert bool(torch.isfinite(x).all()), steps
         errors.append(float(((x.std(0) - sd_true).abs() / sd_true).max()))
-    # a 5-step discretisation is coarse (measured 31% too wide) but bounded; 15 steps: 4%
-    assert errors[0] < 0.5 and errors[2] < 0.1 and errors[2] < errors[0], errors
+    # relative standard error of a sample std from N draws (Gaussian approximation; the
+    # bimodal mixture's lower kurtosis makes it smaller): 1 / sqrt(2 (N - 1)) = 1.1%
+    se = 1.0 / math.sqrt(2 * (N - 1))
+    # discretisation bias allowances: 5 steps is coarse (measured 31% too wide), 15 steps 4%
+    assert errors[0] < 0.45 + 5 * se, errors
+    assert errors[2] < 0.05 + 5 * se and errors[2] < errors[0], errors
 
 
 def test_seeds_reproduce_and_differ():
