@@ -63,7 +63,8 @@ class ExactGRFScore:
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         # the model sees z = x / scale: p_z has spectrum lambda / scale^2
-        alpha, sigma, _ = self.sde._coef(t, x)
+        coef = self.sde.coefficients(t).like(x)
+        alpha, sigma = coef.alpha, coef.sigma
         a, s = alpha.flatten(), sigma.flatten()
         # alpha^2 lambda / c^2 + sigma^2 = (alpha^2 lambda + (c sigma)^2) / c^2
         return self.grf.marginal_score(x, a, s * self.scale) * self.scale**2

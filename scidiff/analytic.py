@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from scidiff.parameterisation import batch_time, x0_hat
 from scidiff.sde import VPSDE
 
 __all__ = ["GaussianMixture"]
@@ -93,10 +94,9 @@ class GaussianMixture:
             alpha = torch.ones_like(t, dtype=self.means.dtype)
             sigma = torch.zeros_like(alpha)
         else:
-            t64 = t.double()
-            log_alpha = self.sde.schedule._log_alpha(t64)
-            alpha = log_alpha.exp().to(self.means.dtype)
-            sigma = torch.sqrt(-torch.expm1(2.0 * log_alpha)).to(self.means.dtype)
+            c = self.sde.coefficients(t)
+            alpha = c.alpha.to(self.means.dtype)
+            sigma = c.sigma.to(self.means.dtype)
         eye = torch.eye(self.d, dtype=self.means.dtype)
         mu = alpha[:, None, None] * self.means[None]
         cov = alpha[:, None, None, None] ** 2 * self.covs[None] + sigma[:, None, None, None] ** 2 * eye
@@ -105,7 +105,6 @@ class GaussianMixture:
     def _component_terms(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Log of w_k N(x; mu_k(t), C_k(t)) [B, K] and C_k^{-1}(x - mu_k) [B, K, d]."""
         xf = x.reshape(x.shape[0], self.d).to(self.means.dtype)
-        t = t.expand(x.shape[0]) if t.ndim == 0 else t
         if bool((t == t[0]).all()):
             # one time for the whole batch (the samplers' case): factorise K matrices, not B K
             mu, cov = self._marginal_params(t[:1])
@@ -126,13 +125,13 @@ class GaussianMixture:
 
     def log_prob(self, x: Tensor, t: Tensor | float = 0.0) -> Tensor:
         """log p_t(x), [B]; ``x`` is [B, *event_shape], ``t`` [B] or a scalar."""
-        t = _as_time(t, x)
+        t = batch_time(t, x)
         logw, _ = self._component_terms(x, t)
         return torch.logsumexp(logw, dim=1).to(x.dtype)
 
     def score(self, x: Tensor, t: Tensor | float = 0.0) -> Tensor:
         """grad_x log p_t(x) = -sum_k r_k(x) C_k^{-1} (x - mu_k), shaped like ``x``."""
-        t = _as_time(t, x)
+        t = batch_time(t, x)
         logw, sol = self._component_terms(x, t)
         resp = torch.softmax(logw, dim=1)
         return (-(resp[..., None] * sol).sum(1)).reshape(x.shape).to(x.dtype)
@@ -145,14 +144,7 @@ class GaussianMixture:
         """E[x_0 | x_t] = (x_t + sigma_t^2 grad log p_t) / alpha_t (Tweedie)."""
         if self.sde is None:
             raise ValueError("denoise needs the mixture's sde")
-        t = _as_time(t, x)
-        alpha, sigma, _ = self.sde._coef(t, x)
-        return (x + sigma**2 * self.score(x, t)) / alpha
+        t = batch_time(t, x)
+        c = self.sde.coefficients(t).like(x)
+        return x0_hat(x, self.score(x, t), c.alpha, c.sigma)
 
-
-def _as_time(t: Tensor | float, x: Tensor) -> Tensor:
-    if not isinstance(t, Tensor):
-        t = torch.tensor(float(t), dtype=torch.float64)
-    if t.ndim == 0:
-        t = t.expand(x.shape[0])
-    return t

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from scidiff.models import ScoreModel
+from scidiff.parameterisation import batch_time
 
 __all__ = [
     "condition",
@@ -192,7 +193,7 @@ class ClassifierFreeGuidance:
         cond = self._cond(x)
         if self.scale == 0.0:
             return self.model.score(x, t, cond)
-        t_vec = t.expand(x.shape[0]) if t.ndim == 0 else t
+        t_vec = batch_time(t, x)
         both = self.model.score(
             torch.cat([x, x]), torch.cat([t_vec, t_vec]), torch.cat([cond, torch.zeros_like(cond)])
         )

@@ -29,7 +29,6 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from scidiff.schedules import CosineSchedule
 from scidiff.sde import VPSDE, expand_like
 
 __all__ = ["DDPM", "EpsFn"]
@@ -84,12 +83,16 @@ class DDPM:
     def cosine(cls, steps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> "DDPM":
         """abar_n = alpha(n / N)^2 of the cosine schedule (Nichol & Dhariwal 2021), b_n clipped
         at ``max_beta``; its SDE is ``VPSDE.cosine(s)``, equal at every step n = t N."""
+        return cls.from_sde(VPSDE.cosine(s=s), steps, max_beta=max_beta)
+
+    @classmethod
+    def from_sde(cls, sde: VPSDE, steps: int, *, max_beta: float = 0.999) -> "DDPM":
+        """The N-step chain whose marginals equal the SDE's at t = n / N: abar_n = alpha(n / N)^2,
+        so b_n = 1 - abar_n / abar_{n-1} = -expm1(2 log alpha(n/N) - 2 log alpha((n-1)/N)),
+        clipped at ``max_beta``."""
         steps = _check_steps(steps)
-        sde = VPSDE.cosine(s=s)
-        schedule = sde.schedule
-        assert isinstance(schedule, CosineSchedule)
         t = torch.arange(steps + 1, dtype=torch.float64) / steps
-        log_abar = 2.0 * schedule._log_alpha(t)
+        log_abar = 2.0 * sde.schedule.log_alpha(t)
         betas = (-torch.expm1(log_abar[1:] - log_abar[:-1])).clamp(max=max_beta)
         return cls(betas, sde=sde)
 

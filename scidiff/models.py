@@ -19,7 +19,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from scidiff.sde import VPSDE
+from scidiff.parameterisation import batch_time, convert
+from scidiff.sde import VPSDE, expand_like
 
 __all__ = ["ScoreModel", "Prediction"]
 
@@ -51,7 +52,7 @@ class ScoreModel(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None, **kwargs: Any) -> Tensor:
         """The raw network output o(x_t, t [, cond]); shape of ``x``."""
-        t = _batch_time(t, x).to(x.dtype)
+        t = batch_time(t, x).to(x.dtype)
         if cond is None:
             return self.net(x, t, **kwargs)
         return self.net(x, t, cond=cond, **kwargs)
@@ -61,25 +62,27 @@ class ScoreModel(nn.Module):
         out = self(x, t, cond, **kwargs)
         if self.prediction == "eps":
             return out
-        alpha, sigma, _ = self.sde._coef(_batch_time(t, x), x)
-        if self.prediction == "x0":
-            return (x - alpha * out) / sigma
-        return sigma * x + alpha * out
+        c = self.sde.coefficients(batch_time(t, x)).like(x)
+        return convert(out, source=self.prediction, target="eps", x_t=x, alpha=c.alpha, sigma=c.sigma)
 
     def score(self, x: Tensor, t: Tensor, cond: Tensor | None = None, **kwargs: Any) -> Tensor:
         """s(x_t, t) = -eps-hat / sigma_t ~= grad_x log p_t(x); shape of ``x``."""
-        sigma = self.sde._sigma_like(_batch_time(t, x), x)
-        return self.eps(x, t, cond, **kwargs).div(sigma).neg_()
+        t = batch_time(t, x)
+        if self.prediction != "eps":
+            c = self.sde.coefficients(t).like(x)
+            out = self(x, t, cond, **kwargs)
+            return convert(out, source=self.prediction, target="score", x_t=x, alpha=c.alpha, sigma=c.sigma)
+        # the hot path of every sampler: sigma_t alone (float64, then x's dtype)
+        sigma = expand_like(self.sde.schedule.sigma(t.double()), x)
+        return self(x, t, cond, **kwargs).div(sigma).neg_()
 
     def denoise(self, x: Tensor, t: Tensor, cond: Tensor | None = None, **kwargs: Any) -> Tensor:
         """Tweedie's x0-hat = E[x_0 | x_t] = (x_t - sigma_t eps-hat) / alpha_t; shape of ``x``."""
         out = self(x, t, cond, **kwargs)
-        alpha, sigma, _ = self.sde._coef(_batch_time(t, x), x)
         if self.prediction == "x0":
             return out
-        if self.prediction == "v":
-            return alpha * x - sigma * out
-        return (x - sigma * out) / alpha
+        c = self.sde.coefficients(batch_time(t, x)).like(x)
+        return convert(out, source=self.prediction, target="x0", x_t=x, alpha=c.alpha, sigma=c.sigma)
 
     def target(self, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
         """What the network should output at x_t = alpha_t x_0 + sigma_t eps: eps, x_0 or v."""
@@ -87,17 +90,9 @@ class ScoreModel(nn.Module):
             return eps
         if self.prediction == "x0":
             return x0
-        alpha, sigma, _ = self.sde._coef(_batch_time(t, x0), x0)
-        return alpha * eps - sigma * x0
+        c = self.sde.coefficients(batch_time(t, x0)).like(x0)
+        return c.alpha * eps - c.sigma * x0
 
     def extra_repr(self) -> str:
         return f"prediction={self.prediction!r}, sde={self.sde!r}"
 
-
-def _batch_time(t: Tensor | float, x: Tensor) -> Tensor:
-    """t as a vector [B] on x's device (a float or 0-d tensor is broadcast over the batch)."""
-    if not isinstance(t, Tensor):
-        t = torch.tensor(float(t), device=x.device)
-    if t.ndim == 0:
-        t = t.expand(x.shape[0])
-    return t.to(x.device)

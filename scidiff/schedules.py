@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["VPSchedule", "LinearSchedule", "CosineSchedule", "check_time"]
+__all__ = ["VPSchedule", "LinearSchedule", "CosineSchedule", "Coefficients", "check_time"]
 
 
 def check_time(t: Tensor, *, name: str = "t") -> None:
@@ -44,6 +45,39 @@ def check_time(t: Tensor, *, name: str = "t") -> None:
             f"{name} must lie in [0, 1] (data at 0, noise at 1); got {values}"
             + (" ..." if int(bad.sum()) > 5 else "")
         )
+
+
+@dataclass(frozen=True)
+class Coefficients:
+    r"""The four coefficients of a VP schedule at times t, all float64 and shaped like t.
+
+    alpha = alpha(t), sigma = sqrt(1 - alpha^2), log_snr = log(alpha^2 / sigma^2) and
+    beta = -2 d log alpha / dt.  Built by :meth:`VPSchedule.coefficients`; :meth:`like`
+    reshapes them to broadcast against a batch of fields.
+    """
+
+    alpha: Tensor
+    sigma: Tensor
+    log_snr: Tensor
+    beta: Tensor
+
+    def like(self, x: Tensor) -> "Coefficients":
+        """The same coefficients reshaped to [B, 1, ..., 1] against ``x`` [B, *event], in x's dtype
+        and on x's device (a 0-d or one-element t is broadcast over the batch)."""
+        batch = x.shape[0]
+        shape = (batch, *([1] * (x.ndim - 1)))
+
+        def fit(v: Tensor) -> Tensor:
+            if v.ndim == 0 or v.shape == (1,):
+                v = v.reshape(1).expand(batch)
+            elif v.shape != (batch,):
+                raise ValueError(
+                    f"coefficients of shape {list(v.shape)} do not match a batch of {batch} samples "
+                    f"(x has shape {list(x.shape)}); pass t with shape [{batch}] or a scalar"
+                )
+            return v.to(dtype=x.dtype, device=x.device).reshape(shape)
+
+        return Coefficients(fit(self.alpha), fit(self.sigma), fit(self.log_snr), fit(self.beta))
 
 
 class VPSchedule(ABC):
@@ -90,6 +124,30 @@ class VPSchedule(ABC):
     def t_of_log_snr(self, lam: Tensor) -> Tensor:
         """The time t at which lambda(t) = ``lam``; shape and dtype of ``lam``."""
         return self._t_of_log_snr(lam.double()).clamp(0.0, 1.0).to(lam.dtype)
+
+    def t_of_sigma(self, sigma: Tensor) -> Tensor:
+        """The time t at which sigma(t) = ``sigma`` (in (0, 1)), through
+        lambda = log(1 - sigma^2) - 2 log sigma; shape and dtype of ``sigma``."""
+        s64 = sigma.double()
+        lam = torch.log1p(-(s64**2)) - 2.0 * torch.log(s64)
+        return self._t_of_log_snr(lam).clamp(0.0, 1.0).to(sigma.dtype)
+
+    def coefficients(self, t: Tensor | float) -> Coefficients:
+        """alpha, sigma, log-SNR and beta at ``t``, in float64, shaped like ``t`` and on its device.
+
+        One evaluation of log alpha serves all four: sigma = sqrt(-expm1(2 log alpha)),
+        lambda = 2 log alpha - log(-expm1(2 log alpha)).  No validation (it is called inside
+        sampling loops); :func:`check_time` is the check at the edge.
+        """
+        t64 = t.double() if isinstance(t, Tensor) else torch.tensor(float(t), dtype=torch.float64)
+        two_log_alpha = 2.0 * self._log_alpha(t64)
+        sigma2 = -torch.expm1(two_log_alpha)
+        return Coefficients(
+            alpha=torch.exp(0.5 * two_log_alpha),
+            sigma=torch.sqrt(sigma2),
+            log_snr=two_log_alpha - torch.log(sigma2),
+            beta=self._beta(t64),
+        )
 
     # ---- float64 helpers shared by the samplers ------------------------------------
     def _sigma64(self, t: Tensor) -> Tensor:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from scidiff.schedules import CosineSchedule, LinearSchedule, VPSchedule, check_time, schedule_from_dict
+from scidiff.schedules import Coefficients, CosineSchedule, LinearSchedule, VPSchedule, check_time, schedule_from_dict
 
 __all__ = ["VPSDE", "expand_like"]
 
@@ -89,15 +89,18 @@ class VPSDE:
         check_time(t)
         return self.schedule.log_snr(t)
 
+    def coefficients(self, t: Tensor | float) -> Coefficients:
+        """alpha, sigma, log-SNR and beta at ``t`` in float64, shaped like ``t``; see
+        :meth:`VPSchedule.coefficients` (``.like(x)`` broadcasts them against a batch).
+        No validation: it is meant for use inside loops."""
+        return self.schedule.coefficients(t)
+
     # ---- coefficients broadcast against x (no validation: used inside loops) ------
     def _coef(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(alpha_t, sigma_t, beta_t) computed in float64 and broadcast against ``x``."""
-        t64 = t.double()
-        log_alpha = self.schedule._log_alpha(t64)
-        alpha = log_alpha.exp()
-        sigma = torch.sqrt(-torch.expm1(2.0 * log_alpha))
-        beta = self.schedule._beta(t64)
-        return expand_like(alpha, x), expand_like(sigma, x), expand_like(beta, x)
+        """(alpha_t, sigma_t, beta_t) computed in float64 and broadcast against ``x``
+        (kept for older callers; new code uses ``coefficients(t).like(x)``)."""
+        c = self.schedule.coefficients(t)
+        return expand_like(c.alpha, x), expand_like(c.sigma, x), expand_like(c.beta, x)
 
     def _sigma_like(self, t: Tensor, x: Tensor) -> Tensor:
         """sigma(t) = sqrt(-expm1(2 log alpha(t))) in float64, cast and broadcast against ``x``
@@ -117,8 +120,8 @@ class VPSDE:
     def marginal(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Mean alpha(t) x_0 [B, *event] and std sigma(t) [B, 1, ...] of q(x_t | x_0)."""
         check_time(t)
-        alpha, sigma, _ = self._coef(t, x0)
-        return alpha * x0, sigma
+        c = self.coefficients(t).like(x0)
+        return c.alpha * x0, c.sigma
 
     def perturb(
         self,
@@ -133,8 +136,8 @@ class VPSDE:
             eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
         elif eps.shape != x0.shape:
             raise ValueError(f"eps has shape {list(eps.shape)} but x0 has shape {list(x0.shape)}")
-        alpha, sigma, _ = self._coef(t, x0)
-        return alpha * x0 + sigma * eps, eps
+        c = self.coefficients(t).like(x0)
+        return c.alpha * x0 + c.sigma * eps, eps
 
     # ---- the prior -------------------------------------------------------------------
     def prior_sample(

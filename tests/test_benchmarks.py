@@ -98,7 +98,8 @@ def _isotropic_gaussian_score(v0: float):
     sde = sd.VPSDE()
 
     def score(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        alpha, sigma, _ = sde._coef(t, x)
+        coef = sde.coefficients(t).like(x)
+        alpha, sigma = coef.alpha, coef.sigma
         return -x / (alpha**2 * v0 + sigma**2)
 
     return sde, score

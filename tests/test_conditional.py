@@ -47,7 +47,7 @@ class GaussianEmulatorNet(torch.nn.Module):
 
     def forward(self, x, t, cond=None):
         self.calls += 1
-        la = self.sde.schedule._log_alpha(t.double())
+        la = self.sde.schedule.log_alpha(t.double())
         alpha, sigma2 = la.exp()[:, None], -torch.expm1(2 * la)[:, None]
         xf = x.flatten(1)
         theta, flag = cond[:, :1], cond[:, 1:]
@@ -104,7 +104,7 @@ def test_classifier_free_guidance_formula_one_forward():
     s_u = model.score(x, t, null_condition(7, 1, dtype=F64))
     torch.testing.assert_close(out, 3.0 * s_c - 2.0 * s_u)
     # the unconditional half is the exact marginal score of p(x) = N(0, v I + tau^2 1 1^T)
-    la = model.sde.schedule._log_alpha(t)
+    la = model.sde.schedule.log_alpha(t)
     alpha2, sigma2 = la.exp() ** 2, -torch.expm1(2 * la)
     cov = alpha2[:, None, None] * (V * torch.eye(D, dtype=F64) + TAU**2) + sigma2[:, None, None] * torch.eye(D, dtype=F64)
     torch.testing.assert_close(s_u.flatten(1), -torch.linalg.solve(cov, x.flatten(1)[..., None])[..., 0])
@@ -124,8 +124,8 @@ def _guided_mean_ode(sde, theta, w, t_min=1e-3):
     from scipy.integrate import solve_ivp
 
     def coefs(t):
-        la = float(sde.schedule._log_alpha(torch.tensor(t, dtype=F64)))
-        return math.exp(la), -math.expm1(2 * la), float(sde.schedule._beta(torch.tensor(t, dtype=F64)))
+        la = float(sde.schedule.log_alpha(torch.tensor(t, dtype=F64)))
+        return math.exp(la), -math.expm1(2 * la), float(sde.schedule.beta(torch.tensor(t, dtype=F64)))
 
     def s_w(mu, t):
         a, s2, _ = coefs(t)
@@ -267,7 +267,7 @@ def test_noisy_regressor_learns_p_theta_given_x_t():
         x_t, _ = sde.perturb(x_test, t, generator=g)
         with torch.no_grad():
             mu, log_var = reg(x_t, t)
-        la = float(sde.schedule._log_alpha(torch.tensor(t_val, dtype=F64)))
+        la = float(sde.schedule.log_alpha(torch.tensor(t_val, dtype=F64)))
         a2, s2 = math.exp(2 * la), -math.expm1(2 * la)
         exact_var = 1 / (1 / TAU**2 + d * a2 / (a2 * V + s2))
         mean_var = float(log_var.exp().mean())
@@ -275,7 +275,7 @@ def test_noisy_regressor_learns_p_theta_given_x_t():
         mse = float((mu - theta[:256]).pow(2).mean())
         assert mse < 2 * exact_var + 0.02, (t_val, mse, exact_var)
     # its log_prob_fn plugs into ClassifierGuidance and steers toward theta = 2
-    guided = sd.ClassifierGuidance(lambda x_, t_: -x_ / (sde._coef(t_, x_)[0] ** 2 * (V + TAU**2) + sde._coef(t_, x_)[1] ** 2),
+    guided = sd.ClassifierGuidance(lambda x_, t_: -x_ / (sde.coefficients(t_).like(x_).alpha ** 2 * (V + TAU**2) + sde.coefficients(t_).like(x_).sigma ** 2),
                                    sde, reg.log_prob_fn(torch.tensor([2.0])), scale=1.0)
     xs = sd.sample(guided, sde, (64, 1, d), "euler_maruyama", steps=50, generator=torch.Generator().manual_seed(9),
                    progress=False)

@@ -42,7 +42,7 @@ def _posterior():
 
 def _coefs(sde, t):
     """alpha_t, sigma_t^2 at the times t [b] (float64)."""
-    la = sde.schedule._log_alpha(t.double())
+    la = sde.schedule.log_alpha(t.double())
     return la.exp(), -torch.expm1(2 * la)
 
 
@@ -139,7 +139,7 @@ def test_guided_score_equals_posterior_score_pointwise():
 def _dps_jacobian_formula(sde, x, t, s_y, gamma=None):
     """grad_x log N(y; A x0-hat, Sigma_t) for the Gaussian prior: J^T A^T Sigma_t^-1 (y - A x0-hat),
     J = d x0-hat / d x_t = (I - sigma^2 (alpha^2 C + sigma^2 I)^-1) / alpha."""
-    la = sde.schedule._log_alpha(t.double())
+    la = sde.schedule.log_alpha(t.double())
     alpha, sigma2 = la.exp(), -torch.expm1(2 * la)
     eye = torch.eye(4, dtype=F64)
     out = []
@@ -453,11 +453,13 @@ def test_exact_guidance_on_the_heat_equation_posterior():
         return torch.fft.fftn(x, dim=(-2, -1), norm="ortho")
 
     def prior_score(x, t):
-        alpha, sigma, _ = sde._coef(t, x)
+        coef = sde.coefficients(t).like(x)
+        alpha, sigma = coef.alpha, coef.sigma
         return grf.marginal_score(x, alpha.flatten(), sigma.flatten())
 
     def log_p_y(x, t):
-        alpha, sigma, _ = sde._coef(t, x[:, 0])  # [B, 1, 1]
+        coef = sde.coefficients(t).like(x[:, 0])  # [B, 1, 1]
+        alpha, sigma = coef.alpha, coef.sigma
         v = 1.0 / (1.0 / lam + alpha**2 / sigma**2)
         mean_hat = h * v * alpha / sigma**2 * fft(x[:, 0])
         var_y = h**2 * v + s_y**2

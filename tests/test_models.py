@@ -15,7 +15,8 @@ class _ExactNet(torch.nn.Module):
         self.gm, self.prediction = gm, prediction
 
     def forward(self, x, t):
-        alpha, sigma, _ = self.gm.sde._coef(t, x)
+        coef = self.gm.sde.coefficients(t).like(x)
+        alpha, sigma = coef.alpha, coef.sigma
         eps = -sigma * self.gm.score(x, t)
         x0 = (x - sigma * eps) / alpha
         return {"eps": eps, "x0": x0, "v": alpha * eps - sigma * x0}[self.prediction]
@@ -32,7 +33,8 @@ def test_parameterisations_agree_with_closed_form(prediction):
     torch.testing.assert_close(model.score(x, t), gm.score(x, t), rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(model.denoise(x, t), gm.denoise(x, t), rtol=1e-10, atol=1e-10)
     # Tweedie: x0-hat = (x + sigma^2 s) / alpha
-    alpha, sigma, _ = sde._coef(t, x)
+    coef = sde.coefficients(t).like(x)
+    alpha, sigma = coef.alpha, coef.sigma
     torch.testing.assert_close(model.denoise(x, t), (x + sigma**2 * model.score(x, t)) / alpha)
 
 

@@ -42,7 +42,8 @@ class GaussianExact(nn.Module):
         self.sde, self.v, self.prediction = sde, v_model, prediction
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        alpha, sigma, _ = self.sde._coef(t, x)
+        coef = self.sde.coefficients(t).like(x)
+        alpha, sigma = coef.alpha, coef.sigma
         s2 = alpha**2 * self.v + sigma**2
         if self.prediction == "eps":
             return sigma * x / s2

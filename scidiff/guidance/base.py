@@ -19,6 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from scidiff.parameterisation import batch_time
 from scidiff.sde import VPSDE
 
 __all__ = ["GuidedScore", "ScoreFn", "check_scale", "batch_time"]
@@ -31,19 +32,6 @@ def check_scale(scale: float) -> float:
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(float(scale)):
         raise ValueError(f"scale must be a finite number, got {scale!r}")
     return float(scale)
-
-
-def batch_time(t: Tensor | float, x: Tensor) -> Tensor:
-    """t as a vector [B] on x's device (a number or a 0-d tensor is broadcast over the batch)."""
-    if not isinstance(t, Tensor):
-        t = torch.tensor(float(t), dtype=torch.float64, device=x.device)
-    if t.ndim == 0:
-        t = t.expand(x.shape[0])
-    if t.ndim != 1 or t.shape[0] not in (1, x.shape[0]):
-        raise ValueError(f"t must have shape [{x.shape[0]}] (or be a scalar), got {list(t.shape)}")
-    if t.shape[0] == 1 and x.shape[0] != 1:
-        t = t.expand(x.shape[0])
-    return t.to(x.device)
 
 
 class GuidedScore(ABC):
@@ -100,7 +88,7 @@ class GuidedScore(ABC):
         """The guiding log p(y | x_t) [B] at x (a diagnostic; costs what a call costs)."""
         return self.score_and_grad(x, t)[2]
 
-    def _coef(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-        """alpha_t and sigma_t broadcast against x, in x's dtype (built from normal tensors)."""
-        alpha, sigma, _ = self.sde._coef(t, x)
-        return alpha.to(x.dtype), sigma.to(x.dtype)
+    def _alpha_sigma(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """alpha_t and sigma_t as [B, 1, ...] in x's dtype (built from normal tensors)."""
+        c = self.sde.coefficients(t).like(x)
+        return c.alpha, c.sigma

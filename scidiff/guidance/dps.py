@@ -40,6 +40,7 @@ from torch import Tensor
 
 from scidiff.guidance.base import GuidedScore, ScoreFn
 from scidiff.operators import Lambda, Operator
+from scidiff.parameterisation import x0_hat
 from scidiff.sde import VPSDE
 
 __all__ = ["DPSGuidance"]
@@ -147,8 +148,8 @@ class DPSGuidance(GuidedScore):
     def denoise(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """(s(x, t), x0-hat = (x + sigma_t^2 s) / alpha_t), both [B, *event], with graph if x requires grad."""
         s = self.score(x, t)
-        alpha, sigma = self._coef(t, x)
-        return s, (x + sigma**2 * s) / alpha
+        alpha, sigma = self._alpha_sigma(t, x)
+        return s, x0_hat(x, s, alpha, sigma)
 
     def observation_variance(self, t: Tensor, like: Tensor) -> tuple[Tensor, bool]:
         """(Sigma_t, dense): Sigma_t is [B or 1, *obs] (its diagonal) when ``dense`` is False, else
@@ -159,7 +160,7 @@ class DPSGuidance(GuidedScore):
         var = torch.broadcast_to(std.to(dtype=like.dtype, device=like.device) ** 2, like.shape[1:])[None]
         if self.inflation is None:
             return var, False
-        alpha, sigma = self._coef(t, like)  # [B, 1, ...]
+        alpha, sigma = self._alpha_sigma(t, like)  # [B, 1, ...]
         ratio = self.inflation * (sigma / alpha) ** 2
         diag = self.operator.aat_diag(like)
         if diag is not None:

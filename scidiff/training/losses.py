@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from scidiff.ddpm import DDPM
 from scidiff.models import ScoreModel
+from scidiff.parameterisation import convert
 from scidiff.sde import VPSDE, expand_like
 
 __all__ = ["dsm_loss", "ddpm_loss", "sample_time", "unwrap"]
@@ -75,23 +76,13 @@ def sample_time(
         return t, torch.full_like(t, 1.0 - t_min)
     if time_sampling != "importance":
         raise ValueError(f"time_sampling must be 'uniform' or 'importance'; got {time_sampling!r}")
-    schedule = sde.schedule
     ends = torch.tensor([1.0, t_min], dtype=torch.float64, device=u.device)
-    lam_1, lam_min = schedule._log_snr64(ends).unbind()
+    lam_1, lam_min = sde.coefficients(ends).log_snr.unbind()
     lam = lam_1 + (lam_min - lam_1) * u
-    t = schedule._t_of_log_snr(lam).clamp(t_min, 1.0)
-    sigma2 = -torch.expm1(2.0 * schedule._log_alpha(t))
-    inv_density = (lam_min - lam_1) * sigma2 / schedule._beta(t)
+    t = sde.schedule.t_of_log_snr(lam).clamp(t_min, 1.0)
+    c = sde.coefficients(t)
+    inv_density = (lam_min - lam_1) * c.sigma.square() / c.beta
     return t, inv_density
-
-
-def _eps_hat(core: ScoreModel, out: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-    """eps-hat from the raw output ``out`` for the model's prediction type (see models.py)."""
-    if core.prediction == "eps":
-        return out
-    if core.prediction == "x0":
-        return (x_t - alpha * out) / sigma
-    return sigma * x_t + alpha * out
 
 
 def _call(model: nn.Module, x_t: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
@@ -135,16 +126,17 @@ def dsm_loss(
         core.sde, x0.shape[0], t_min=t_min, time_sampling=time_sampling, generator=generator, device=x0.device
     )
     eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
-    alpha, sigma, beta = core.sde._coef(t, x0)
-    x_t = alpha * x0 + sigma * eps
+    coef = core.sde.coefficients(t)
+    c = coef.like(x0)
+    x_t = c.alpha * x0 + c.sigma * eps
     out = _call(model, x_t, t, cond)
     if weighting == "simple":
         target = core.target(x0, eps, t)
         err = (out - target).pow(2).flatten(1).mean(1)
         return err * (inv_p / (1.0 - t_min)).to(x0.dtype)
-    eps_hat = _eps_hat(core, out, x_t, alpha, sigma)
+    eps_hat = convert(out, source=core.prediction, target="eps", x_t=x_t, alpha=c.alpha, sigma=c.sigma)
     err = (eps_hat - eps).pow(2).flatten(1).sum(1)
-    w = 0.5 * core.sde.schedule._beta(t) / (-torch.expm1(2.0 * core.sde.schedule._log_alpha(t)))
+    w = 0.5 * coef.beta / coef.sigma.square()
     return err * (w * inv_p).to(x0.dtype)
 
 

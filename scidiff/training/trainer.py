@@ -64,11 +64,8 @@ def lr_at(config: TrainConfig, step: int) -> float:
 
 
 def ddpm_for(sde: VPSDE, steps: int) -> DDPM:
-    """The N-step DDPM whose marginals equal the SDE's at t = n / N: abar_n = alpha(n / N)^2."""
-    t = torch.arange(steps + 1, dtype=torch.float64) / steps
-    log_abar = 2.0 * sde.schedule._log_alpha(t)
-    betas = (-torch.expm1(log_abar[1:] - log_abar[:-1])).clamp(max=0.999)
-    return DDPM(betas, sde=sde)
+    """The N-step DDPM whose marginals equal the SDE's at t = n / N (:meth:`DDPM.from_sde`)."""
+    return DDPM.from_sde(sde, steps)
 
 
 def _fold(*parts: int | str) -> int:
