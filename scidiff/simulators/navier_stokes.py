@@ -228,6 +228,28 @@ class NavierStokes2D:
         bar.close()
         return torch.fft.irfft2(omega_hat, s=(self.size, self.size))
 
+    def trajectory(
+        self,
+        omega0: Tensor,
+        length: int,
+        interval: float,
+        params: FlowParameters,
+        *,
+        on_step: Callable[[float], None] | None = None,
+    ) -> Tensor:
+        """States ``omega(j * interval)`` for ``j = 0..length-1`` from ``omega0`` [B, n, n].
+
+        Returns ``[B, length, n, n]``; each interval is one :meth:`solve` (adaptive CFL steps,
+        the last shortened to land on the output time).  ``on_step(dt)`` as in :meth:`solve`.
+        """
+        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+            raise ValueError(f"length must be an integer >= 1, got {length!r}.")
+        interval = check_positive(interval, "interval")
+        states = [self.solve(omega0, 0.0, params)]  # projected on the de-aliased band
+        for _ in range(length - 1):
+            states.append(self.solve(states[-1], interval, params, on_step=on_step))
+        return torch.stack(states, dim=1)
+
     def _cfl_dt(self, speed: Tensor) -> float:
         vmax = float(speed.max())
         if not math.isfinite(vmax):

@@ -403,3 +403,9 @@ def _lookup(name: str) -> Callable[..., xr.Dataset]:
         raise ValueError(f"unknown simulator {name!r}; available: {available()}.")
     return _REGISTRY[name]
 
+
+
+# trajectory simulators ("sample", "time", *spatial); imported last: they reuse the helpers above
+from scidiff.simulators.trajectory_makers import TRAJECTORY_MAKERS as _TRAJECTORY_MAKERS  # noqa: E402
+
+_REGISTRY.update(_TRAJECTORY_MAKERS)
