@@ -382,7 +382,8 @@ PER_SAMPLE = {"grf": ["slope", "amplitude"], "lognormal": ["slope", "amplitude",
 
 
 def test_available_lists_all_simulators() -> None:
-    assert sims.available() == ["gray_scott", "grf", "heat", "lognormal", "navier_stokes"]
+    assert sims.available() == ["ar1", "gray_scott", "grf", "heat", "lognormal", "lorenz96", "navier_stokes",
+                                "navier_stokes_trajectory"]
 
 
 @pytest.mark.parametrize("name", sorted(FAST))
