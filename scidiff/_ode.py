@@ -17,16 +17,28 @@ side is therefore c(u) (D + div s), which the likelihood uses.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from scidiff.schedules import VPSchedule
 
-__all__ = ["TimeVariable", "TimeT", "TimeLogSNR", "TimeSigma", "time_variable", "TimeVariableName"]
+__all__ = [
+    "TimeVariable",
+    "TimeT",
+    "TimeLogSNR",
+    "TimeSigma",
+    "time_variable",
+    "TimeVariableName",
+    "ODESolve",
+    "NFECounter",
+    "PFODEDrift",
+]
 
 TimeVariableName = Literal["t", "logsnr", "sigma"]
 
@@ -64,7 +76,7 @@ class TimeT(TimeVariable):
         return u.clamp(0.0, 1.0)
 
     def coefficient(self, u: Tensor, t: Tensor) -> Tensor:
-        return -0.5 * self.schedule._beta(t)
+        return -0.5 * self.schedule.coefficients(t).beta
 
 
 class TimeLogSNR(TimeVariable):
@@ -73,10 +85,10 @@ class TimeLogSNR(TimeVariable):
     name = "logsnr"
 
     def u_of_t(self, t: Tensor) -> Tensor:
-        return self.schedule._log_snr64(t)
+        return self.schedule.coefficients(t).log_snr
 
     def t_of_u(self, u: Tensor) -> Tensor:
-        return self.schedule._t_of_log_snr(u).clamp(0.0, 1.0)
+        return self.schedule.t_of_log_snr(u.double())
 
     def coefficient(self, u: Tensor, t: Tensor) -> Tensor:
         return 0.5 * torch.sigmoid(-u)
@@ -89,13 +101,13 @@ class TimeSigma(TimeVariable):
     name = "sigma"
 
     def u_of_t(self, t: Tensor) -> Tensor:
-        return torch.exp(-0.5 * self.schedule._log_snr64(t))
+        return torch.exp(-0.5 * self.schedule.coefficients(t).log_snr)
 
     # an adaptive solver's first-step probe can land at u <= 0 (beyond t = 0): clamp, as t is
     _U_MIN = 1e-12
 
     def t_of_u(self, u: Tensor) -> Tensor:
-        return self.schedule._t_of_log_snr(-2.0 * torch.log(u.clamp_min(self._U_MIN))).clamp(0.0, 1.0)
+        return self.schedule.t_of_log_snr(-2.0 * torch.log(u.double().clamp_min(self._U_MIN)))
 
     def coefficient(self, u: Tensor, t: Tensor) -> Tensor:
         u = u.clamp_min(self._U_MIN)
@@ -148,3 +160,82 @@ class PFODEDrift(torch.nn.Module):
         t = self.var.t_of_u(u).clamp(self.t_lo, self.t_hi)
         c = self.var.coefficient(u, t).to(x.dtype)
         return c * (x + self.score(x, t))
+
+
+def _torchdiffeq_solvers() -> dict[str, bool]:
+    """torchdiffeq's method names, each with whether it is adaptive (empty if its private table
+    moved: then ``odeint`` does the checking)."""
+    try:
+        from torchdiffeq._impl.odeint import SOLVERS
+        from torchdiffeq._impl.solvers import AdaptiveStepsizeODESolver
+    except ImportError:  # pragma: no cover - a future torchdiffeq layout
+        return {}
+    return {name: issubclass(cls, AdaptiveStepsizeODESolver) for name, cls in SOLVERS.items() if name != "scipy_solver"}
+
+
+_FIXED_FALLBACK = {"euler", "midpoint", "rk4", "explicit_adams", "implicit_adams", "fixed_adams", "heun2", "heun3"}
+
+
+@dataclass(frozen=True)
+class ODESolve:
+    r"""How an ODE dy/du = f(u, y) is solved over [u_0, u_1]: one object for sampling and likelihood.
+
+    The state y may be a tensor or a tuple of tensors (the likelihood integrates (x, log p)
+    together).  ``__call__`` runs ``torchdiffeq.odeint`` and returns the state at u_1.
+
+    Args:
+        method: a torchdiffeq method ("dopri5", "bosh3", "adaptive_heun", "rk4", "euler", ...).
+        rtol, atol: tolerances of adaptive methods (positive).
+        steps: steps of fixed-grid methods over the interval (ignored by adaptive ones).
+        time_variable: the u of :func:`time_variable` in which the PF-ODE is integrated
+            ("t", "logsnr" or "sigma").
+
+    Adaptive methods get ``step_t = [u_1]`` so that no step overshoots the end of the interval
+    (the score is then never evaluated outside it); fixed-grid methods take equal steps of
+    (u_1 - u_0) / steps.
+    """
+
+    method: str = "dopri5"
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    steps: int = 100
+    time_variable: TimeVariableName = "t"
+
+    def __post_init__(self) -> None:
+        solvers = _torchdiffeq_solvers()
+        if not isinstance(self.method, str) or (solvers and self.method not in solvers):
+            raise ValueError(f"unknown ODE method {self.method!r}; torchdiffeq offers {sorted(solvers)}")
+        for key in ("rtol", "atol"):
+            value = getattr(self, key)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"rtol and atol must be positive, got rtol={self.rtol}, atol={self.atol}")
+            object.__setattr__(self, key, float(value))
+        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
+        if self.time_variable not in ("t", "logsnr", "sigma"):
+            raise ValueError(f"unknown time_variable {self.time_variable!r}; expected 't', 'logsnr' or 'sigma'")
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the method chooses its own steps (then NFE depends on rtol and atol)."""
+        solvers = _torchdiffeq_solvers()
+        return solvers[self.method] if solvers else self.method not in _FIXED_FALLBACK
+
+    def variable(self, schedule: VPSchedule) -> TimeVariable:
+        """The time variable u(t) of this solve."""
+        return time_variable(self.time_variable, schedule)
+
+    def odeint_options(self, u: Tensor) -> dict[str, Any]:
+        """Keyword arguments of ``torchdiffeq.odeint`` for the interval u = [u_0, u_1] (float64 [2])."""
+        if not self.adaptive:
+            return {"method": self.method, "options": {"step_size": float(abs(u[-1] - u[0])) / self.steps}}
+        return {"method": self.method, "rtol": self.rtol, "atol": self.atol, "options": {"step_t": u[-1:]}}
+
+    def __call__(self, f: Callable[[Tensor, Any], Any], y0: Any, u: Tensor) -> Any:
+        """The solution at u[-1] of dy/du = f(u, y), y(u[0]) = y0 (a tensor or tuple of tensors)."""
+        from torchdiffeq import odeint
+
+        ys = odeint(f, y0, u, **self.odeint_options(u))
+        if isinstance(ys, tuple):
+            return tuple(y[-1] for y in ys)
+        return ys[-1]
