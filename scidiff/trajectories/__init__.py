@@ -1,0 +1,1 @@
+"""Trajectories: fields in time, window scores composed into trajectory scores, assimilation."""
