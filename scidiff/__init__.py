@@ -26,7 +26,7 @@ _EXPORTS: dict[str, str] = {
     "LikelihoodResult": "scidiff.likelihood",
     "ClassifierGuidance": "scidiff.guidance",
     "DPSGuidance": "scidiff.guidance",
-    "ClassifierFreeGuidance": "scidiff.conditional",
+    "ClassifierFreeGuidance": "scidiff.guidance",
     # networks
     "UNet": "scidiff.nets",
     "NoisyEncoder": "scidiff.nets",
@@ -79,9 +79,8 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from scidiff.data import DataError, FieldDataset, Normalizer, fields_to_dataset, loglik_to_dataset, open_fields, write_netcdf
     from scidiff.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
-    from scidiff.conditional import ClassifierFreeGuidance
     from scidiff.ddpm import DDPM
-    from scidiff.guidance import ClassifierGuidance, DPSGuidance
+    from scidiff.guidance import ClassifierFreeGuidance, ClassifierGuidance, DPSGuidance
     from scidiff.likelihood import LikelihoodResult, log_likelihood
     from scidiff.models import ScoreModel
     from scidiff.analytic import GaussianMixture

@@ -216,7 +216,7 @@ def config_text(data: DataOptions, model: ModelOptions, train: Any) -> str:
 
 def write_config(path: str | os.PathLike[str], data: DataOptions, model: ModelOptions, train: Any) -> Path:
     """Write :func:`config_text` to ``path``."""
-    from scidiff.checkpoint import write_text_atomically
+    from scidiff._atomic import write_text_atomically
 
     target = Path(path)
     write_text_atomically(target, config_text(data, model, train))
@@ -286,7 +286,7 @@ class Run:
 
     def save(self) -> Path:
         """Write ``run.json`` into the folder."""
-        from scidiff.checkpoint import write_text_atomically
+        from scidiff._atomic import write_text_atomically
 
         self.path.mkdir(parents=True, exist_ok=True)
         target = self.path / RUN_FILE

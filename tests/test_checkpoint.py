@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 import scidiff as sd
-import scidiff.checkpoint as ckpt_mod
+import scidiff._atomic as atomic_mod
 from scidiff.checkpoint import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -115,7 +115,7 @@ def test_optimizer_and_rng_state_round_trip_exactly(tmp_path: Path) -> None:
 def test_atomic_write_survives_an_interrupted_overwrite(saved, monkeypatch) -> None:
     path, model, ema = saved
     other = _model(prediction="v", cond_dim=3, seed=5)
-    real = ckpt_mod._write_bytes
+    real = atomic_mod.write_bytes
     calls = {"n": 0}
 
     def dying_writer(file: Path, data: bytes) -> None:
@@ -126,10 +126,10 @@ def test_atomic_write_survives_an_interrupted_overwrite(saved, monkeypatch) -> N
             raise KeyboardInterrupt("killed")
         real(file, data)
 
-    monkeypatch.setattr(ckpt_mod, "_write_bytes", dying_writer)
+    monkeypatch.setattr("scidiff.training.checkpoint.write_bytes", dying_writer)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(path, other, ema_model=other, step=99)
-    monkeypatch.setattr(ckpt_mod, "_write_bytes", real)
+    monkeypatch.setattr("scidiff.training.checkpoint.write_bytes", real)
     ck = load_checkpoint(path)
     assert ck.step == 42 and _same_weights(ck.raw_model.net, model.net) and _same_weights(ck.ema_model.net, ema.net)
     assert sorted(p.name for p in path.parent.iterdir()) == ["ck"]  # no temporary left behind
@@ -155,7 +155,7 @@ def test_trainer_run_dir_keeps_the_last_good_checkpoint(tmp_path: Path, monkeypa
             f.write(data[:10])
         raise OSError("disk full")
 
-    monkeypatch.setattr(ckpt_mod, "_write_bytes", dying_writer)
+    monkeypatch.setattr("scidiff.training.checkpoint.write_bytes", dying_writer)
     with pytest.raises(OSError, match="disk full"):
         trainer.fit(data, progress=False)
     monkeypatch.undo()

@@ -273,10 +273,13 @@ class _Stream:
 
 
 def _stream(data: Any, chunk_size: int | None, channels: Sequence[str] | None) -> _Stream:
-    """Chunks of a FieldDataset's split, of a whole FieldSource, or of an iterable of tensors."""
-    from scidiff.data.dataset import FieldDataset
+    """Chunks of a FieldDataset's split, of a whole FieldSource, or of an iterable of tensors.
 
-    if isinstance(data, FieldDataset):
+    A split is recognised by what it offers (a FieldSource ``.source``, ``iter_chunks`` and
+    ``num_chunks``), so this module need not import the dataset module, which imports it."""
+    if not isinstance(data, FieldSource) and isinstance(getattr(data, "source", None), FieldSource) and hasattr(
+        data, "num_chunks"
+    ):
         src: FieldSource = data.source
         chunks: Iterable[FieldChunk] = data.iter_chunks(chunk_size=chunk_size)
         total = data.num_chunks(chunk_size)

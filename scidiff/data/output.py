@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from os import PathLike
 from pathlib import Path
@@ -16,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from scidiff._atomic import write_file_atomically
 from scidiff.data.template import FieldTemplate
 
 __all__ = ["fields_to_dataset", "loglik_to_dataset", "write_netcdf", "write_csv", "provenance_attrs"]
@@ -199,32 +198,9 @@ def loglik_to_dataset(
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
 
 
-def _atomic_write(path: str | PathLike[str], write: Callable[[Path], None]) -> Path:
-    """Run ``write(tmp)`` on a temporary file in the target folder, then ``os.replace`` it onto ``path``.
-
-    On any error the temporary file is removed and an existing ``path`` is untouched.
-    """
-    target = Path(path)
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise FileNotFoundError(f"cannot write {target}: folder {folder} does not exist")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return target
-
-
 def write_netcdf(ds: Any, path: str | PathLike[str]) -> Path:
     """Write ``ds`` to ``path`` as netCDF-4 (h5netcdf) atomically: a crash never leaves a half file."""
-    return _atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine="h5netcdf"))
+    return write_file_atomically(path, lambda tmp: ds.to_netcdf(tmp, engine="h5netcdf"))
 
 
 def write_csv(ds: Any, path: str | PathLike[str]) -> Path:
@@ -253,4 +229,4 @@ def write_csv(ds: Any, path: str | PathLike[str]) -> Path:
             for row in zip(*columns):
                 out.writerow([repr(float(v)) if isinstance(v, (float, np.floating)) else v for v in row])
 
-    return _atomic_write(path, write)
+    return write_file_atomically(path, write)

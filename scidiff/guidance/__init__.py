@@ -13,6 +13,11 @@ so adding ``scale * grad_x log p(y | x_t)`` to a prior score gives a score that 
 * :class:`DPSGuidance` -- y = A(x_0) + N(0, sigma_y^2 I) through Tweedie's x0-hat
   (Chung et al. 2023), optionally with the variance-inflated Gaussian likelihood of
   score-based data assimilation (Rozet & Louppe 2023).
+* :class:`ClassifierFreeGuidance` -- s_w = (1 + w) s(x, t | theta) - w s(x, t) of a model
+  trained with condition dropout (Ho & Salimans 2021), and the conditioning convention
+  c = [theta, 1] (:func:`condition`, :func:`conditional_score`; module ``cfg``).
+* the observation operators A of y = A(x) + noise (module ``operators``: :class:`SparseSensors`,
+  :class:`Mask`, :class:`Subsample`, :class:`CoarseGrain`, :class:`MatrixOperator`, :class:`Lambda`).
 * :class:`NoisyRegressor`, :class:`NoisyClassifier` and their trainers
   :func:`train_noisy_regressor`, :func:`train_noisy_classifier` -- time-dependent models of
   p(theta | x_t) or p(label | x_t) on :class:`scidiff.nets.NoisyEncoder`.
@@ -23,14 +28,27 @@ callers under ``torch.no_grad`` or ``torch.inference_mode`` are served.  See ``d
 """
 
 from scidiff.guidance.base import GuidedScore
+from scidiff.guidance.cfg import ClassifierFreeGuidance, condition, conditional_score, null_condition
 from scidiff.guidance.classifier import ClassifierGuidance
 from scidiff.guidance.dps import DPSGuidance
 from scidiff.guidance.noisy import NoisyClassifier, NoisyRegressor, train_noisy_classifier, train_noisy_regressor
+from scidiff.guidance.operators import CoarseGrain, Lambda, Mask, MatrixOperator, Operator, SparseSensors, Subsample
 
 __all__ = [
     "GuidedScore",
     "ClassifierGuidance",
     "DPSGuidance",
+    "ClassifierFreeGuidance",
+    "condition",
+    "null_condition",
+    "conditional_score",
+    "Operator",
+    "SparseSensors",
+    "Mask",
+    "Subsample",
+    "CoarseGrain",
+    "MatrixOperator",
+    "Lambda",
     "NoisyRegressor",
     "NoisyClassifier",
     "train_noisy_regressor",

@@ -15,7 +15,7 @@ through the network (the Jacobian of x0-hat).  Two choices of Sigma_t:
   Sigma_t = sigma_y^2 I + gamma (sigma_t^2 / alpha_t^2) A A^T, which accounts for the
   spread of p(x_0 | x_t), Cov[x_0 | x_t] ~= gamma sigma_t^2 / alpha_t^2 I, and keeps the
   guidance from over-committing at high noise.  A A^T is used exactly where the operator
-  reports it: diagonal for :class:`~scidiff.operators.SparseSensors` / ``Mask`` /
+  reports it: diagonal for :class:`~scidiff.guidance.operators.SparseSensors` / ``Mask`` /
   ``Subsample`` (ones) and ``CoarseGrain`` (f^-d), dense for ``MatrixOperator``.  For other
   operators (nonlinear ``Lambda``) A A^T is replaced by the identity, i.e.
   Sigma_t = sigma_y^2 I + gamma sigma_t^2 / alpha_t^2 I, as Rozet & Louppe do for general A
@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from scidiff.guidance.base import GuidedScore, ScoreFn
-from scidiff.operators import Lambda, Operator
+from scidiff.guidance.operators import Lambda, Operator
 from scidiff.parameterisation import x0_hat
 from scidiff.sde import VPSDE
 
@@ -54,7 +54,7 @@ class DPSGuidance(GuidedScore):
     Args:
         score: prior score s(x, t) -> [B, *event].
         sde: its VP-SDE.
-        operator: an :class:`~scidiff.operators.Operator` or any differentiable callable
+        operator: an :class:`~scidiff.guidance.operators.Operator` or any differentiable callable
             A(x) [B, *event] -> [B, *obs].
         y: the observations, [*obs] (one observation shared by the batch of posterior
             samples) or [B, *obs] (one per sample; B may also be 1); finite.
@@ -82,7 +82,7 @@ class DPSGuidance(GuidedScore):
         super().__init__(score, sde, scale=scale)
         if not isinstance(operator, Operator):
             if not callable(operator):
-                raise TypeError(f"operator must be a scidiff.operators.Operator or a callable, got {type(operator).__name__}")
+                raise TypeError(f"operator must be a scidiff.guidance.operators.Operator or a callable, got {type(operator).__name__}")
             operator = Lambda(operator)
         self.operator: Operator = operator
         if not isinstance(y, Tensor) or not torch.is_floating_point(y):

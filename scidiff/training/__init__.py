@@ -6,11 +6,13 @@
 
 Pieces: ``dsm_loss`` / ``ddpm_loss`` (``losses``), ``TrainConfig`` (``config``), ``EMA``
 (``ema``), ``Trainer`` / ``train`` (``trainer``), deterministic batching (``batches``) and the
-process-group setup for torchrun (``distributed``).  Checkpoints live in ``scidiff.checkpoint``.
+process-group setup for torchrun (``distributed``), and the checkpoint format with the folder of a
+run's checkpoints (``checkpoint``; its public names are gathered in ``scidiff.checkpoint``).
 See ``docs/training.md``.
 """
 
 from scidiff.training.batches import BatchSource, check_fields
+from scidiff.training.condition_dropout import ConditionDropout, cfg_loss, drop_condition
 from scidiff.training.config import TrainConfig
 from scidiff.training.distributed import DistContext
 from scidiff.training.ema import EMA
@@ -31,4 +33,7 @@ __all__ = [
     "check_fields",
     "BatchSource",
     "DistContext",
+    "drop_condition",
+    "cfg_loss",
+    "ConditionDropout",
 ]

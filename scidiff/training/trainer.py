@@ -13,7 +13,6 @@ import copy
 import hashlib
 import math
 import random
-import shutil
 import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -26,15 +25,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from scidiff.checkpoint import (
-    CHECKPOINTS_DIR,
-    LATEST_FILE,
+from scidiff.training.checkpoint import (
     Checkpoint,
+    CheckpointFolder,
     CheckpointNotFoundError,
     load_checkpoint,
     load_weights,
     save_checkpoint,
-    write_text_atomically,
 )
 from scidiff.ddpm import DDPM
 from scidiff.models import ScoreModel
@@ -385,7 +382,8 @@ class Trainer:
             return None
         if path is None and self.run_dir is None:
             raise ValueError("Trainer.save needs a path or a run_dir")
-        target = Path(path) if path is not None else self.run_dir / CHECKPOINTS_DIR / f"step_{self.step:08d}"
+        folder = None if path is not None else CheckpointFolder(self.run_dir)  # type: ignore[arg-type]
+        target = Path(path) if folder is None else folder.path_for(self.step)
         save_checkpoint(
             target, self.model, ema_model=self.ema_model, config=self.config, step=self.step,
             optimizer=self.optimizer, rng=self._rng_state(), normalizer=self.normalizer,
@@ -394,21 +392,9 @@ class Trainer:
             extra={"pending_log": self._pending.tolist(),
                    "data_position": None if self.data_position is None else list(self.data_position)},
         )
-        if path is None:
-            assert self.run_dir is not None
-            write_text_atomically(self.run_dir / LATEST_FILE, f"{CHECKPOINTS_DIR}/{target.name}\n")
-            self._prune(keep=target)
+        if folder is not None:
+            folder.commit(target, keep=self.config.keep_checkpoints)
         return target
-
-    def _prune(self, *, keep: Path) -> None:
-        assert self.run_dir is not None
-        root = self.run_dir / CHECKPOINTS_DIR
-        steps = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
-        for old in steps[: max(0, len(steps) - self.config.keep_checkpoints)]:
-            if old != keep:
-                shutil.rmtree(old, ignore_errors=True)
-        for stale in root.glob(".step_*.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
 
     def load_state(self, source: str | Path | Checkpoint) -> Checkpoint:
         """Restore weights, EMA, optimiser, step, history and RNG from a checkpoint or run directory."""
@@ -469,7 +455,8 @@ class Trainer:
                 raise ValueError(f"checkpoint {str(ckpt.path)!r} holds no TrainConfig; pass config=")
             config = ckpt.config
         if run_dir is None:
-            run_dir = ckpt.path.parent.parent if ckpt.path.parent.name == CHECKPOINTS_DIR else None
+            owner = CheckpointFolder.of(ckpt.path)
+            run_dir = None if owner is None else owner.root
         model = copy.deepcopy(ckpt.raw_model)
         trainer = cls(model, config, run_dir=run_dir, device=device, normalizer=ckpt.normalizer)
         trainer.load_state(ckpt)
