@@ -173,3 +173,228 @@ def test_bad_arguments_are_named():
         sd.sample(lambda x, t: x[:, :1], sde, (2, 2), "ode", progress=False)
     with pytest.raises(ValueError, match="x1 has shape"):
         sd.sample(lambda x, t: -x, sde, (2, 2), x1=torch.zeros(3, 2))
+
+
+# ---- few-step samplers: grids, exact identities, convergence orders ---------------------------
+
+from scidiff import sampling  # noqa: E402
+
+F64 = torch.float64
+FEW_STEP_CASES = [  # each new sampler at its recommended size
+    ("ddim", {"steps": 50}),
+    ("dpmpp_2m", {"steps": 20}),
+    ("dpmpp_3m", {"steps": 20}),
+    ("heun", {"steps": 18}),
+    ("ddim", {"steps": 100, "eta": 1.0}),
+    ("heun", {"steps": 25, "s_churn": 10.0}),
+    ("dpmpp_2m", {"steps": 20, "grid": "karras"}),
+]
+
+
+@pytest.mark.parametrize("method,options", FEW_STEP_CASES, ids=[f"{m}-{o}" for m, o in FEW_STEP_CASES])
+def test_few_step_sampler_reproduces_mixture(method, options):
+    sde = sd.VPSDE()
+    gm = _mixture(sde)
+    res = sd.sample(gm, sde, (N, 2), method, generator=torch.Generator().manual_seed(5), dtype=F64,
+                    progress=False, return_result=True, **options)
+    assert res.nfe == sampling.make_sampler(method, **options).nfe
+    _check_against_mixture(res.x, gm)
+
+
+class _Gaussian:
+    """x_0 ~ N(m, diag(v)): p_t = N(alpha m, alpha^2 v + sigma^2); the PF-ODE flow map from t to s
+    is x_s = alpha_s m + sqrt((alpha_s^2 v + sigma_s^2) / (alpha_t^2 v + sigma_t^2)) (x_t - alpha_t m)."""
+
+    m = torch.tensor([0.5, -1.0, 0.0, 2.0], dtype=F64)
+    v = torch.tensor([0.01, 0.1, 1.0, 4.0], dtype=F64)
+
+    def __init__(self, sde):
+        self.sde = sde
+
+    def _coef(self, t):
+        c = self.sde.schedule.coefficients(torch.as_tensor(t, dtype=F64).reshape(-1)[:1])
+        return c.alpha, c.sigma
+
+    def score(self, x, t):
+        a, s = self._coef(t)
+        return -(x - a * self.m) / (a * a * self.v + s * s)
+
+    def sample_then_denoise(self, x1, t_min):
+        """The exact deterministic map: the flow from t = 1 to t_min, then E[x_0 | x_{t_min}]."""
+        a1, s1 = self._coef(1.0)
+        a0, s0 = self._coef(t_min)
+        x = a0 * self.m + torch.sqrt((a0**2 * self.v + s0**2) / (a1**2 * self.v + s1**2)) * (x1 - a1 * self.m)
+        return self.m + a0 * self.v / (a0**2 * self.v + s0**2) * (x - a0 * self.m)
+
+
+ORDER_CASES = [
+    ("ddim", "logsnr"), ("ddim", "karras"), ("dpmpp_2m", "logsnr"), ("dpmpp_2m", "karras"),
+    ("dpmpp_3m", "logsnr"), ("dpmpp_3m", "karras"), ("heun", "logsnr"), ("heun", "karras"), ("heun", "uniform"),
+]
+
+
+@pytest.mark.parametrize("method,grid", ORDER_CASES, ids=[f"{m}-{g}" for m, g in ORDER_CASES])
+def test_convergence_order_matches_declared_order(method, grid):
+    # the slope of log(max error) against log(steps), fitted over 64..256 grid points, against the
+    # closed-form flow map of Gaussian data (float64; t_min = 0.05 keeps the problem non-stiff so
+    # the asymptotic rate is reached)
+    sde = sd.VPSDE()
+    g = _Gaussian(sde)
+    x1 = torch.randn(64, 4, generator=torch.Generator().manual_seed(0), dtype=F64)
+    exact = g.sample_then_denoise(x1, 0.05)
+    steps = [64, 128, 256]
+    errors = [float((sd.sample(g.score, sde, x1.shape, method, x1=x1, steps=n, grid=grid, t_min=0.05,
+                               progress=False) - exact).abs().max()) for n in steps]
+    slope = -np.polyfit(np.log(steps), np.log(errors), 1)[0]
+    order = sampling.SAMPLERS[method].order
+    assert abs(slope - order) < 0.3, (errors, slope, order)
+
+
+@pytest.mark.parametrize("ode_method,order", [("euler", 1), ("midpoint", 2), ("rk4", 4)])
+def test_ode_fixed_grid_convergence_order(ode_method, order):
+    sde = sd.VPSDE()
+    g = _Gaussian(sde)
+    x1 = torch.randn(64, 4, generator=torch.Generator().manual_seed(0), dtype=F64)
+    exact = g.sample_then_denoise(x1, 0.05)
+    steps = [16, 32, 64] if order < 4 else [8, 16, 32]
+    errors = [float((sd.sample(g.score, sde, x1.shape, "ode", x1=x1, ode_method=ode_method, steps=n,
+                               t_min=0.05, progress=False) - exact).abs().max()) for n in steps]
+    slope = -np.polyfit(np.log(steps), np.log(errors), 1)[0]
+    assert abs(slope - order) < 0.3, (errors, slope)
+
+
+def test_ddim_eta0_is_the_first_order_exponential_step_in_sigma_over_alpha():
+    # Euler in x-tilde = x / alpha against sigma-tilde = sigma / alpha:
+    # x_s / alpha_s = x_t / alpha_t + (sigma_s / alpha_s - sigma_t / alpha_t) eps-hat, eps-hat = -sigma_t s
+    sde = sd.VPSDE()
+    g = _Gaussian(sde)
+    x1 = torch.randn(32, 4, generator=torch.Generator().manual_seed(1), dtype=F64)
+    times = [1.0, 0.6, 0.3, 0.1, 0.02]
+    x = x1.clone()
+    for t, s in zip(times[:-1], times[1:]):
+        a_t, s_t = g._coef(t)
+        a_s, s_s = g._coef(s)
+        eps = -s_t * g.score(x, torch.full((32,), t, dtype=F64))
+        x = a_s * (x / a_t + (s_s / a_s - s_t / a_t) * eps)
+    y = sd.sample(g.score, sde, x1.shape, "ddim", x1=x1, grid=times, denoise=False, progress=False)
+    torch.testing.assert_close(y, x, rtol=1e-12, atol=1e-12)
+    # and DPM-Solver++ at order 1 is the same step
+    class _First(sampling.DPMSolverPP):
+        name, solver_order = "dpmpp_1", 1
+    z = _First(grid=times, denoise=False).sample(g.score, sde, x1).x
+    torch.testing.assert_close(z, x, rtol=1e-12, atol=1e-12)
+
+
+def test_ddim_eta1_is_the_ancestral_step():
+    # the same noise draws give the same samples (so the same law), on any grid
+    sde = sd.VPSDE()
+    gm = _mixture(sde)
+    for grid in ["uniform", "logsnr", [1.0, 0.5, 0.2, 0.05, 0.01]]:
+        kw = dict(dtype=F64, progress=False, grid=grid, **({} if isinstance(grid, list) else {"steps": 12}))
+        a = sd.sample(gm, sde, (256, 2), "ddim", eta=1.0, generator=torch.Generator().manual_seed(2), **kw)
+        b = sd.sample(gm, sde, (256, 2), "ancestral", generator=torch.Generator().manual_seed(2), **kw)
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    # and in distribution against the ODE with its own noise (KS on a projection)
+    a = sd.sample(gm, sde, (N, 2), "ddim", eta=1.0, steps=100, generator=torch.Generator().manual_seed(8),
+                  dtype=F64, progress=False)
+    b = sd.sample(gm, sde, (N, 2), "dpmpp_3m", steps=30, generator=torch.Generator().manual_seed(9),
+                  dtype=F64, progress=False)
+    u = torch.tensor([0.6, 0.8], dtype=F64)
+    assert stats.ks_2samp((a @ u).numpy(), (b @ u).numpy()).pvalue > 1e-3
+
+
+def test_pc_langevin_step_rule_is_pinned():
+    # one corrector step then one predictor step, replayed from the formulas with the same draws:
+    # eps = 2 exp(-beta dt) (snr mean|z| / mean|s|)^2; x <- x + eps s + sqrt(2 eps) z; then
+    # x <- x + beta dt (x / 2 + s) + sqrt(beta dt) z'.  Halving eps (or dropping the 2) fails here.
+    sde = sd.VPSDE()
+    gm = _mixture(sde)
+    x1 = torch.randn(64, 2, generator=torch.Generator().manual_seed(4), dtype=F64)
+    t0, t1 = 0.5, 0.4
+    out = sd.sample(gm, sde, x1.shape, "pc", x1=x1, grid=[t0, t1], snr=0.2, denoise=False, progress=False,
+                    generator=torch.Generator().manual_seed(6))
+    gen = torch.Generator().manual_seed(6)
+    beta = float(sde.beta(torch.tensor(t0, dtype=F64)))
+    dt = t0 - t1
+    tv = torch.full((64,), t0, dtype=F64)
+    s = gm.score(x1, tv)
+    z = torch.randn(x1.shape, generator=gen, dtype=F64)
+    eps = 2 * math.exp(-beta * dt) * (0.2 * z.norm(dim=1).mean() / s.norm(dim=1).mean()) ** 2
+    x = x1 + eps * s + torch.sqrt(2 * eps) * z
+    z2 = torch.randn(x1.shape, generator=gen, dtype=F64)
+    x = x + beta * dt * (0.5 * x + gm.score(x, tv)) + math.sqrt(beta * dt) * z2
+    torch.testing.assert_close(out, x, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("method,options", [("dpmpp_2m", {"steps": 20}), ("heun", {"steps": 25}),
+                                            ("ddim", {"steps": 100}), ("dpmpp_3m", {"steps": 15})])
+def test_few_step_samplers_take_guided_scores(method, options):
+    # prior N(m, C) in d = 2, y = A x_0 + N(0, s^2): p(y | x_t) is Gaussian in closed form, so the
+    # guided score is the posterior's score and the samples must follow N(m_post, C_post)
+    sde = sd.VPSDE()
+    m = torch.tensor([0.5, -1.0], dtype=F64)
+    cov = torch.tensor([[1.0, 0.3], [0.3, 0.5]], dtype=F64)
+    a_op = torch.tensor([[1.0, 0.5]], dtype=F64)
+    s_y, y = 0.3, torch.tensor([1.0], dtype=F64)
+    prior = GaussianMixture([1.0], m[None], cov[None], sde=sde)
+    eye = torch.eye(2, dtype=F64)
+
+    def log_p_y(x, t):
+        c = sde.schedule.coefficients(t[:1].double())
+        alpha, sigma2 = c.alpha, c.sigma**2
+        v_t = torch.linalg.inv(torch.linalg.inv(cov) + alpha**2 / sigma2 * eye)
+        mean0 = (v_t @ (torch.linalg.inv(cov) @ m)) + (alpha / sigma2) * x @ v_t.T
+        var_y = a_op @ v_t @ a_op.T + s_y**2
+        r = y - mean0 @ a_op.T
+        return -0.5 * (r**2).sum(1) / var_y[0, 0]
+
+    guided = sd.ClassifierGuidance(prior, sde, log_p_y, scale=1.0)
+    x = sd.sample(guided, sde, (N, 2), method, generator=torch.Generator().manual_seed(3), dtype=F64,
+                  progress=False, **options)
+    c_post = torch.linalg.inv(torch.linalg.inv(cov) + a_op.T @ a_op / s_y**2)
+    m_post = c_post @ (torch.linalg.inv(cov) @ m + a_op.T @ y / s_y**2)
+    se = torch.sqrt(torch.diagonal(c_post) / N)
+    assert bool(((x.mean(0) - m_post).abs() < 5 * se).all()), (x.mean(0), m_post)
+    xc = x - m_post
+    se_cov = (xc[:, :, None] * xc[:, None, :]).std(0) / math.sqrt(N)
+    assert bool(((torch.cov(x.T) - c_post).abs() < 5 * se_cov + 2e-3).all()), (torch.cov(x.T), c_post)
+
+
+def test_grids():
+    sch = sd.VPSDE().schedule
+    for name in sampling.GRIDS:
+        t = sampling.make_grid(name).times(10, sch, 1e-3)
+        assert t.dtype == F64 and t.shape == (10,) and float(t[0]) == 1.0 and float(t[-1]) == 1e-3
+        assert bool((t[1:] < t[:-1]).all())
+    lam = sch.coefficients(sampling.UniformLogSNR().times(9, sch, 1e-3)).log_snr
+    torch.testing.assert_close(lam.diff(), lam.diff()[:1].expand(8), rtol=1e-9, atol=1e-9)
+    st = torch.exp(-0.5 * sch.coefficients(sampling.Karras(rho=7).times(9, sch, 1e-3)).log_snr)
+    root = st ** (1 / 7)
+    torch.testing.assert_close(root.diff(), root.diff()[:1].expand(8), rtol=1e-9, atol=1e-9)
+    assert sampling.make_grid([0.9, 0.5, 0.1]).times(3, sch, 1e-3).tolist() == [0.9, 0.5, 0.1]
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        sampling.make_grid([0.5, 0.9])
+    with pytest.raises(ValueError, match="unknown grid 'cosine'"):
+        sampling.make_grid("cosine")
+    with pytest.raises(ValueError, match="has 3 points"):
+        sd.sample(lambda x, t: -x, sd.VPSDE(), (2, 2), "ddim", grid=[0.9, 0.5, 0.1], steps=5, progress=False)
+
+
+def test_nfe_of_new_samplers_and_registry_options():
+    sde = sd.VPSDE()
+    gm = _mixture(sde)
+    for method, options, nfe in [("ddim", {"steps": 10}, 10), ("dpmpp_2m", {"steps": 7}, 7),
+                                 ("dpmpp_3m", {"steps": 5}, 5), ("heun", {"steps": 6}, 11),
+                                 ("heun", {"steps": 6, "s_churn": 5.0}, 11), ("ancestral", {"steps": 9}, 9)]:
+        res = sd.sample(gm, sde, (8, 2), method, dtype=F64, progress=False, return_result=True, **options)
+        assert res.nfe == nfe == sampling.make_sampler(method, **options).nfe, (method, res.nfe)
+        assert bool(torch.isfinite(res.x).all())
+    opts = sampling.sampler_options()
+    assert set(opts["grid"].methods) >= {"ddim", "dpmpp_2m", "dpmpp_3m", "heun", "ancestral"}
+    assert opts["eta"].methods == ("ddim",) and opts["ode_method"].methods == ("ode",)
+    assert opts["steps"].type is int and opts["grid"].choices == tuple(sampling.GRIDS)
+    assert sampling.DEFAULT_METHOD[0] in sampling.SAMPLERS
+    with pytest.raises(ValueError, match="eta must lie in"):
+        sd.sample(lambda x, t: -x, sde, (2, 2), "ddim", eta=2.0)
+    with pytest.raises(ValueError, match="bad option for method='heun'"):
+        sd.sample(lambda x, t: -x, sde, (2, 2), "heun", eta=0.5)

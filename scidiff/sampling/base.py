@@ -171,7 +171,8 @@ class GridSampler(Sampler):
 
     Args:
         steps: the sampler's size (see each subclass: network evaluations for single-call
-            steps, EDM's N for Heun, transitions for Euler-Maruyama).
+            steps, EDM's N for Heun, transitions for Euler-Maruyama); None: the class's
+            ``default_steps``, or the size of a grid given as a list of times.
         grid: "uniform" (in t), "logsnr", "karras", a :class:`~scidiff.sampling.grids.TimeGrid`
             or a decreasing list of times (then ``steps`` may be omitted).
         t_min: the last grid time, where the final denoising x0-hat is taken.
@@ -179,6 +180,7 @@ class GridSampler(Sampler):
     """
 
     default_grid: ClassVar[str] = "uniform"
+    default_steps: ClassVar[int] = 20
 
     def __init__(
         self,
@@ -190,9 +192,8 @@ class GridSampler(Sampler):
     ) -> None:
         self.grid: TimeGrid = make_grid(self.default_grid if grid is None else grid)
         if steps is None:
-            if not hasattr(self.grid, "size"):
-                raise ValueError(f"{self.name} needs steps (or a grid given as a list of times)")
-            steps = self._steps_for_points(self.grid.size)  # type: ignore[attr-defined]
+            size = getattr(self.grid, "size", None)  # a given list of times fixes the size
+            steps = self.default_steps if size is None else self._steps_for_points(size)
         self.steps = check_steps(steps)
         self.t_min = check_t_min(t_min)
         self.denoise = bool(denoise)

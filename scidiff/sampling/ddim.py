@@ -32,13 +32,14 @@ class DDIM(GridSampler):
     """
 
     name = "ddim"
+    default_steps = 50
     order = 1
     summary = "DDIM (eta = 0: first-order exponential ODE step; eta = 1: ancestral)"
     default_grid = "logsnr"
 
     def __init__(
         self,
-        steps: int | None = 50,
+        steps: int | None = None,
         *,
         eta: float = 0.0,
         grid: GridLike | None = None,

@@ -1,7 +1,8 @@
 r"""DPM-Solver++ multistep (2M, 3M): exponential integrators of the probability-flow ODE in log-SNR.
 
-In lambda = log(alpha^2 / sigma^2) the PF-ODE for the data prediction x0-hat reads exactly
-(Lu, Zhou, Bao, Chen, Li & Zhu, "DPM-Solver++", arXiv:2211.01095, Eq. 9)
+In the half log-SNR lambda = log(alpha / sigma) (half the ``log_snr`` of the schedules) the
+PF-ODE for the data prediction x0-hat reads exactly (Lu, Zhou, Bao, Chen, Li & Zhu,
+"DPM-Solver++", arXiv:2211.01095, Eq. 9)
 
     x_s = (sigma_s / sigma_t) x_t + sigma_s * integral_{lambda_t}^{lambda_s} e^lambda x0-hat(lambda) dlambda.
 
@@ -43,12 +44,13 @@ class DPMSolverPP(GridSampler):
     """
 
     name = "dpmpp"
+    default_steps = 20
     solver_order = 2
     default_grid = "logsnr"
 
     def __init__(
         self,
-        steps: int | None = 20,
+        steps: int | None = None,
         *,
         grid: GridLike | None = None,
         t_min: float = 1e-3,
@@ -66,20 +68,20 @@ class DPMSolverPP(GridSampler):
         order = min(self.solver_order, len(history))
         if self.lower_order_final and ctx.n < 15 and k + 1 == ctx.n - 1:
             order = min(order, 2)
-        lam = ctx.log_snr
-        h = lam[k + 1] - lam[k]
+        lam = ctx.log_snr  # log(alpha^2 / sigma^2): the paper's lambda is half of it
+        h = 0.5 * (lam[k + 1] - lam[k])
         phi_1 = math.expm1(-h)
         ratio = ctx.sigma[k + 1] / ctx.sigma[k]
         a_s = ctx.alpha[k + 1]
         out = x.mul(ratio)
         if order == 1:
             return out.add_(d_k, alpha=-a_s * phi_1)
-        h0 = lam[k] - lam[k - 1]
+        h0 = 0.5 * (lam[k] - lam[k - 1])
         if order == 2:
             half_inv_r = 0.5 * h / h0  # 1 / (2 r), r = h0 / h
             out.add_(d_k, alpha=-a_s * phi_1 * (1.0 + half_inv_r))
             return out.add_(history[1], alpha=a_s * phi_1 * half_inv_r)
-        h1 = lam[k - 1] - lam[k - 2]
+        h1 = 0.5 * (lam[k - 1] - lam[k - 2])
         phi_2 = phi_1 / h + 1.0
         phi_3 = phi_2 / h - 0.5
         big_a = h * phi_2  # multiplies D'

@@ -39,13 +39,14 @@ class Heun(GridSampler):
     """
 
     name = "heun"
+    default_steps = 18
     order = 2
     summary = "EDM Heun: second-order ODE steps in sigma/alpha, 2 evaluations a step (optional churn)"
     default_grid = "karras"
 
     def __init__(
         self,
-        steps: int | None = 18,
+        steps: int | None = None,
         *,
         grid: GridLike | None = None,
         t_min: float = 1e-3,

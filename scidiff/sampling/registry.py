@@ -107,10 +107,13 @@ def sampler_options(method: str | None = None) -> dict[str, SamplerOption]:
                 continue
             key = "ode_method" if (name == "ode" and p.name == "method") else p.name
             entry = found.setdefault(key, {"default": {}, "methods": [], "type": None})
-            entry["default"][name] = p.default
+            default = p.default
+            if p.name == "steps" and default is None:
+                default = getattr(SAMPLERS[name], "default_steps", None)
+            entry["default"][name] = default
             entry["methods"].append(name)
-            if p.default is not None and entry["type"] is None:
-                entry["type"] = _option_type(p.default)
+            if default is not None and entry["type"] is None:
+                entry["type"] = _option_type(default)
     out: dict[str, SamplerOption] = {}
     for key, e in found.items():
         choices = None

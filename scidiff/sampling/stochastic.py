@@ -36,10 +36,11 @@ class Ancestral(GridSampler):
     """
 
     name = "ancestral"
+    default_steps = 1000
     summary = "DDPM posterior steps q(x_s | x_t, x0-hat) (stochastic)"
 
     def __init__(
-        self, steps: int | None = 1000, *, grid: GridLike | None = None, t_min: float = 1e-3, denoise: bool = True
+        self, steps: int | None = None, *, grid: GridLike | None = None, t_min: float = 1e-3, denoise: bool = True
     ) -> None:
         super().__init__(steps, grid=grid, t_min=t_min, denoise=denoise)
 
@@ -62,10 +63,11 @@ class EulerMaruyama(GridSampler):
     """
 
     name = "euler_maruyama"
+    default_steps = 1000
     summary = "Euler-Maruyama on the reverse SDE (stochastic)"
 
     def __init__(
-        self, steps: int | None = 1000, *, grid: GridLike | None = None, t_min: float = 1e-3, denoise: bool = True
+        self, steps: int | None = None, *, grid: GridLike | None = None, t_min: float = 1e-3, denoise: bool = True
     ) -> None:
         super().__init__(steps, grid=grid, t_min=t_min, denoise=denoise)
 
@@ -96,11 +98,12 @@ class PredictorCorrector(EulerMaruyama):
     """
 
     name = "pc"
+    default_steps = 500
     summary = "Euler-Maruyama predictor + Langevin corrector (stochastic, 2 evaluations a step)"
 
     def __init__(
         self,
-        steps: int | None = 500,
+        steps: int | None = None,
         *,
         snr: float = 0.16,
         corrector_steps: int = 1,
