@@ -8,6 +8,8 @@ r"""Scores of whole trajectories composed from a score over windows of ``W`` sta
 * :class:`StackedWindowScore` -- a window score from a snapshot-style score network that sees
   the ``W`` states stacked as channels, ``[B', W C, *spatial]`` (``model.score`` of a
   :class:`~scidiff.ScoreModel` on a ``UNet(channels=W * C, ...)``).
+* :class:`AxisWindowScore` -- the same for a network with time as one more leading axis,
+  ``[B', C, W, *spatial]`` (a ``UNet(channels=C, dims=d + 1)``).
 * :class:`ExactScore` -- ``s(x, t) = process.marginal_score(x, alpha_t, sigma_t)`` for any
   object with closed-form noised scores (:class:`~scidiff.simulators.AR1Field` windows or
   trajectories, :class:`~scidiff.simulators.GaussianRandomField` fields).
@@ -29,7 +31,7 @@ from scidiff.parameterisation import batch_time
 from scidiff.sde import VPSDE
 from scidiff.trajectories.windows import check_window, compose_windows, unfold_windows
 
-__all__ = ["MarkovBlanketScore", "StackedWindowScore", "ExactScore"]
+__all__ = ["MarkovBlanketScore", "StackedWindowScore", "AxisWindowScore", "ExactScore"]
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -107,6 +109,25 @@ class StackedWindowScore:
             raise ValueError(f"windows must be [B, W, C, *spatial], got shape {list(x.shape)}")
         stacked = x.reshape(x.shape[0], x.shape[1] * x.shape[2], *x.shape[3:])
         return self.score(stacked, batch_time(t, x), **self.kwargs).reshape(x.shape)
+
+
+class AxisWindowScore:
+    """A window score from a network that sees time as one more leading axis.
+
+    ``x_w`` [B', W, C, *spatial] is transposed to [B', C, W, *spatial] (for a network with
+    ``dims = d + 1``), scored by ``score(x, t, **kwargs)`` and transposed back.
+    """
+
+    def __init__(self, score: Callable[..., Tensor], **kwargs: Any) -> None:
+        if not callable(score):
+            raise TypeError(f"score must be callable, got {type(score).__name__}")
+        self.score = score
+        self.kwargs = kwargs
+
+    def __call__(self, x: Tensor, t: Tensor | float) -> Tensor:
+        if x.ndim < 4:
+            raise ValueError(f"windows must be [B, W, C, *spatial], got shape {list(x.shape)}")
+        return self.score(x.transpose(1, 2), batch_time(t, x), **self.kwargs).transpose(1, 2)
 
 
 class _Process(Protocol):

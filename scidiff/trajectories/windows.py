@@ -59,7 +59,9 @@ def compose_windows(window_values: Tensor, length: int) -> Tensor:
     if n_w != length - window + 1:
         raise ValueError(f"{n_w} windows of W = {window} do not tile a trajectory of L = {length} states "
                          f"(expected {length - window + 1})")
-    first = window_values[:, 0, : k + 1]
-    middle = window_values[:, 1:-1, k]
-    last = window_values[:, -1, k + 1:]
+    if n_w == 1:
+        return window_values[:, 0]
+    first = window_values[:, 0, : k + 1]                 # states 0..k
+    middle = window_values[:, 1:-1, k]                   # states k+1..L-k-2: window centres
+    last = window_values[:, -1, k:]                      # states L-k-1..L-1
     return torch.cat([first, middle, last], dim=1)
