@@ -31,9 +31,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from scidiff import _ode
-from scidiff._ode import NFECounter, TimeVariableName
-from scidiff.sampling import solver_options
+from scidiff._ode import NFECounter, ODESolve, TimeVariableName
 from scidiff.sde import VPSDE
 
 __all__ = ["log_likelihood", "LikelihoodResult", "divergence_exact", "divergence_hutchinson"]
@@ -205,11 +203,7 @@ def log_likelihood(
         raise ValueError(f"probes must be a positive integer, got {probes!r}")
     if probe_dist not in ("rademacher", "gaussian"):
         raise ValueError(f"unknown probe_dist {probe_dist!r}; expected 'rademacher' or 'gaussian'")
-    from torchdiffeq import odeint
-
-    from scidiff.sampling import ProbabilityFlowODE
-
-    ProbabilityFlowODE(method=method, rtol=rtol, atol=atol, steps=steps, time_variable=time_variable)  # validates
+    solve = ODESolve(method=method, rtol=rtol, atol=atol, steps=steps, time_variable=time_variable)  # validates
     bsz = x.shape[0]
     d = x[0].numel()
 
@@ -231,7 +225,7 @@ def log_likelihood(
             return divergence_hutchinson(s, x_in, v)
 
     counter = NFECounter(score)
-    var = _ode.time_variable(time_variable, sde.schedule)
+    var = solve.variable(sde.schedule)
     u = var.u_of_t(torch.tensor([t_min, 1.0], dtype=torch.float64, device=x.device))
     drift = _AugmentedDrift(counter, var, t_min, 1.0, div_fn)
     bar = None
@@ -250,10 +244,9 @@ def log_likelihood(
     # inference_mode tensors cannot take part in autograd: run the solve outside it
     with torch.inference_mode(False), torch.no_grad():
         state0 = (state0[0].clone(), state0[1].clone())
-        xs, deltas = odeint(drift, state0, u, **solver_options(method, u, rtol, atol, steps))
+        x1, delta = solve(drift, state0, u)
     if bar is not None:
         bar.close()
-    x1, delta = xs[-1], deltas[-1]
     prior = sde.prior_log_prob(x1) if prior_log_prob is None else prior_log_prob(x1)
     log_prob = prior + delta
     if log_abs_det_jacobian is not None:
