@@ -3,12 +3,13 @@
 1. data: Gaussian random fields on a periodic 16 x 16 grid with power spectrum
    P(k) = A |k|^(-s) and unit pointwise variance (``scidiff.simulators.make("grf")``), a
    training file and a held-out file;
-2. training: a small periodic UNet by denoising score matching with EMA (``scidiff train``);
-3. sampling: the probability-flow ODE (``scidiff sample``) -> ``samples.nc``;
+2. training: a small periodic UNet by denoising score matching with EMA (:func:`scidiff.runs.train`,
+   as ``scidiff train``);
+3. sampling: the probability-flow ODE (:func:`scidiff.runs.sample`) -> ``samples.nc``;
 4. likelihood: log p(x) of held-out fields through the PF-ODE with Hutchinson's trace
-   estimator (``scidiff loglik``), beside the field's exact log-density, computed through
-   the FFT; the gap model - exact is the report's key number;
-5. evaluation: power spectra, histograms, moments and figures (``scidiff evaluate``);
+   estimator (:func:`scidiff.runs.loglik`), beside the field's exact log-density, computed
+   through the FFT; the gap model - exact is the report's key number;
+5. evaluation: power spectra, histograms, moments and figures (:func:`scidiff.runs.evaluate_fields`);
 6. ``report.md`` with every number and the wall time of each stage.
 
 The run folder can then be used with every other command, e.g.
@@ -30,6 +31,11 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from scidiff import plots, simulators
+from scidiff.data import write_netcdf
+from scidiff.runs import DataOptions, ModelOptions, Run, evaluate_fields, loglik, open_like_run, read_fields, sample, train
+from scidiff.training import TrainConfig
 
 __all__ = ["DemoConfig", "DemoResult", "run_demo", "demo_config"]
 
@@ -120,13 +126,11 @@ class _Stages:
 
 def _prepare(folder: Path) -> None:
     """Make ``folder`` empty of a previous demo; refuse to touch a folder that is not one."""
-    from scidiff._cli_run import RUN_FILE
-
     if folder.exists():
         if not folder.is_dir():
             raise ValueError(f"--out {str(folder)!r} is a file, not a folder")
         entries = list(folder.iterdir())
-        if entries and not (folder / RUN_FILE).is_file() and not (folder / "report.md").is_file():
+        if entries and not Run.is_run(folder) and not (folder / "report.md").is_file():
             raise ValueError(
                 f"--out {str(folder)!r} exists and is not a scidiff demo folder; choose another --out or remove it"
             )
@@ -166,13 +170,6 @@ def run_demo(
         progress: progress bars and stage messages.
         config: a :class:`DemoConfig` (default: :func:`demo_config`).
     """
-    from scidiff import plots, simulators
-    from scidiff._cli_eval import evaluate_fields
-    from scidiff._cli_infer import load_for_inference, loglik_run, open_like_run, read_fields, sample_run
-    from scidiff._cli_run import DataOptions, ModelOptions, train_run
-    from scidiff.data import write_netcdf
-    from scidiff.training import TrainConfig
-
     cfg = config or demo_config(fast=fast, steps=steps)
     if steps is not None:
         cfg.steps = int(steps)
@@ -199,24 +196,24 @@ def run_demo(
         model = ModelOptions(
             base_channels=cfg.base_channels, channel_mults=list(cfg.channel_mults), attention=False, periodic=True,
         )
-        train = TrainConfig(
+        train_config = TrainConfig(
             steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
             lr_decay="cosine", ema_decay=cfg.ema_decay, seed=seed, log_every=max(1, min(100, cfg.steps // 5)),
             val_every=cfg.steps, checkpoint_every=0,
         )
-        summary = train_run(folder, data, model, train, overwrite=True, device=device, progress=progress)
+        summary = train(folder, data, model, train_config, overwrite=True, device=device, progress=progress)
         run = summary.run
-        loaded = load_for_inference(run, device=device)
+        loaded = run.load(device=device)
 
     with timer.stage(f"sampling {cfg.n_samples} fields (probability-flow ODE)", progress):
-        samples_ds, x_model = sample_run(
+        samples_ds, x_model = sample(
             loaded, cfg.n_samples, method="ode", seed=seed, batch_size=64, progress=progress, rtol=cfg.rtol,
             atol=cfg.rtol,
         )
         samples_file = write_netcdf(samples_ds, folder / "samples.nc")
 
     with timer.stage(f"log-likelihoods of {cfg.n_heldout} held-out fields (PF-ODE, Hutchinson)", progress):
-        ll = loglik_run(
+        ll = loglik(
             loaded, heldout_file, divergence="hutchinson", probes=cfg.probes, batch_size=64, rtol=cfg.rtol,
             atol=cfg.rtol, seed=seed, progress=progress,
         )

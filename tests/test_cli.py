@@ -162,7 +162,7 @@ def test_data_make_writes_a_builtin_dataset(workdir: Path, capsys: pytest.Captur
 
 # ---- train ---------------------------------------------------------------------------------------
 def test_train_saves_the_full_config_and_run(zero_run: Path, data_file: Path) -> None:
-    from scidiff._cli_run import read_config
+    from scidiff.runs import read_config
     from scidiff.checkpoint import load_checkpoint
     from scidiff.training import TrainConfig
 

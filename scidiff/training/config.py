@@ -151,22 +151,9 @@ class TrainConfig:
 
     def to_toml(self, *, table: str | None = "train") -> str:
         """The options as TOML text (under ``[table]``, or at the top level if ``table`` is None)."""
-        lines = [f"[{table}]"] if table else []
-        for name, value in self.to_dict().items():
-            lines.append(f"{name} = {_toml_value(value)}")
-        return "\n".join(lines) + "\n"
+        from scidiff._toml import toml_table
 
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    raise TypeError(f"cannot write {value!r} to TOML")
+        return toml_table(table, self.to_dict())
 
 
 def _int(cfg: TrainConfig, name: str, *, minimum: int) -> None:

@@ -23,7 +23,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["box_lengths", "evaluate_fields", "evaluate_run", "format_metrics"]
+from scidiff import metrics, plots
+from scidiff._atomic import write_text_atomically
+from scidiff.runs.infer import as_loaded, open_like_run, read_fields, sample
+from scidiff.runs.run import LoadedModel, Run
+
+__all__ = ["box_lengths", "evaluate_fields", "evaluate", "format_metrics"]
 
 
 def box_lengths(template: Any) -> tuple[float, ...]:
@@ -66,8 +71,6 @@ def evaluate_fields(
     Returns:
         ``{"channels": {name: {...}}, "figures": [paths], "num_model": B_m, "num_data": B_d}``.
     """
-    from scidiff import metrics, plots
-
     xm = np.asarray(x_model.detach().cpu().double() if isinstance(x_model, Tensor) else x_model, dtype=np.float64)
     xd = np.asarray(x_data.detach().cpu().double() if isinstance(x_data, Tensor) else x_data, dtype=np.float64)
     if xm.shape[1:] != xd.shape[1:]:
@@ -116,8 +119,8 @@ def format_metrics(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def evaluate_run(
-    loaded: Any,
+def evaluate(
+    run: Run | LoadedModel | str | os.PathLike[str],
     data: str | os.PathLike[str],
     *,
     out_dir: str | os.PathLike[str],
@@ -128,15 +131,17 @@ def evaluate_run(
     method: str = "ode",
     batch_size: int = 64,
     progress: bool = True,
+    device: torch.device | str | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Compare a run's samples with the fields of ``data``; write metrics.json and figures to ``out_dir``.
 
-    Samples are read from ``samples`` (a file written by ``scidiff sample``) or drawn here:
-    ``n`` fields, at the parameters of the first ``n`` data fields for a conditional model.
+    Samples are read from ``samples`` (a file written by ``scidiff sample``) or drawn here
+    (:func:`scidiff.runs.sample` with ``method`` and ``options``): ``n`` fields, at the
+    parameters of the first ``n`` data fields for a conditional model.  ``run`` is a
+    :class:`Run`, its folder, or a :class:`LoadedModel`.
     """
-    from scidiff._cli_infer import open_like_run, read_fields, sample_run
-
+    loaded = as_loaded(run, device=device)
     run = loaded.run
     source = open_like_run(run, data)
     try:
@@ -158,7 +163,7 @@ def evaluate_run(
             cond: Any = theta[:n]
         else:
             cond = None
-        _, x_model = sample_run(
+        _, x_model = sample(
             loaded, n, method=method, cond=cond, seed=seed, batch_size=batch_size, progress=progress, **options
         )
     folder = Path(out_dir)
@@ -168,6 +173,6 @@ def evaluate_run(
     result["samples"] = None if samples is None else str(Path(samples).resolve())
     result["model"] = str(run.path)
     metrics_file = folder / "metrics.json"
-    metrics_file.write_text(json.dumps(result, indent=1, default=float))
+    write_text_atomically(metrics_file, json.dumps(result, indent=1, default=float))
     result["metrics_file"] = str(metrics_file)
     return result

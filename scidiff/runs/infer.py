@@ -1,7 +1,7 @@
-"""Sampling and log-likelihoods of a run folder, in the data's own units and layout.
+"""Sampling and log-likelihoods of a run, in the data's own units and layout.
 
-``sample_run`` draws fields and returns an ``xarray.Dataset`` shaped like the training
-data (variable names, dims, coords, units, attrs) plus provenance; ``loglik_run`` returns
+:func:`sample` draws fields and returns an ``xarray.Dataset`` shaped like the training
+data (variable names, dims, coords, units, attrs) plus provenance; :func:`loglik` returns
 log p(x) per field in nats and bits/dim, in the units of the file's variables:
 
     log p(x) = log p_model(z) + log|det dz/dx|,     z = normaliser(x),
@@ -10,11 +10,10 @@ log p(x) per field in nats and bits/dim, in the units of the file's variables:
 
 from __future__ import annotations
 
-import functools
+import inspect
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,77 +21,24 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from scidiff._cli_run import Run
+from scidiff._progress import progress_bar
+from scidiff._validate import check_int
+from scidiff.data import DataError, FieldChunk, FieldSource, loglik_to_dataset, open_fields, write_csv, write_netcdf
+from scidiff.data import fields_to_dataset
+from scidiff.likelihood import log_likelihood
+from scidiff.runs.run import LoadedModel, Run
+from scidiff.sampling import sample as draw
 
-__all__ = [
-    "parse_assignments",
-    "sample_run",
-    "loglik_run",
-    "open_like_run",
-    "read_fields",
-    "write_table",
-    "LoadedModel",
-    "load_for_inference",
-]
+__all__ = ["sample", "loglik", "as_loaded", "open_like_run", "read_fields", "write_table", "SAMPLER_OPTIONS"]
 
 
-def parse_assignments(items: list[str] | None, *, what: str = "--cond") -> dict[str, float]:
-    """``["theta=0.5", "a=1,b=2"]`` -> ``{"theta": 0.5, "a": 1.0, "b": 2.0}``."""
-    out: dict[str, float] = {}
-    for item in items or []:
-        for part in item.split(","):
-            part = part.strip()
-            if not part:
-                continue
-            name, sep, value = part.partition("=")
-            if not sep or not name.strip():
-                raise ValueError(f"{what} expects NAME=VALUE, got {part!r}")
-            try:
-                out[name.strip()] = float(value)
-            except ValueError:
-                raise ValueError(f"{what} {name.strip()}: {value!r} is not a number") from None
-    return out
-
-
-@dataclass
-class LoadedModel:
-    """A run's EMA model, normaliser and checkpoint, ready for sampling and likelihoods."""
-
-    run: Run
-    model: Any
-    normalizer: Any
-    checkpoint: Any
-    device: torch.device
-
-    def score(self, theta: Tensor | None) -> Callable[[Tensor, Tensor], Tensor]:
-        """The score callable, conditioned on ``theta`` ``[B, P]`` (data units) if the run is conditional."""
-        if not self.run.cond_names:
-            return self.model.score
-        cond = self.run.condition(theta.to(device=self.device, dtype=torch.float32))  # type: ignore[union-attr]
-        return functools.partial(_score_with_cond, self.model, cond)
-
-    def provenance(self) -> dict[str, Any]:
-        return {
-            "model": str(self.run.path),
-            "checkpoint": str(self.checkpoint.path),
-            "checkpoint_step": int(self.checkpoint.step),
-        }
-
-
-def _score_with_cond(model: Any, cond: Tensor, x: Tensor, t: Tensor) -> Tensor:
-    return model.score(x, t, cond.to(x.dtype))
-
-
-def load_for_inference(run: Run, *, device: str | torch.device | None = None) -> LoadedModel:
-    """Load the run's latest checkpoint (EMA weights) and its normaliser."""
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    ckpt = run.checkpoint(device=dev)
-    normalizer = ckpt.normalizer_object()
-    if normalizer is None:
-        from scidiff._cli_run import RunError
-
-        raise RunError(f"checkpoint {str(ckpt.path)!r} holds no normalisation statistics; it was not made by scidiff train")
-    return LoadedModel(run=run, model=ckpt.model, normalizer=normalizer, checkpoint=ckpt, device=dev)
+def as_loaded(run: Run | LoadedModel | str | os.PathLike[str], *, device: torch.device | str | None = None) -> LoadedModel:
+    """``run`` ready for inference: a LoadedModel as it is, a Run or run folder loaded (:meth:`Run.load`)."""
+    if isinstance(run, LoadedModel):
+        return run
+    if not isinstance(run, Run):
+        run = Run.open(run)
+    return run.load(device=device)
 
 
 def _theta_matrix(run: Run, values: Mapping[str, float], n: int) -> Tensor | None:
@@ -113,14 +59,18 @@ def _theta_matrix(run: Run, values: Mapping[str, float], n: int) -> Tensor | Non
     return row[None].expand(n, -1).clone()
 
 
+SAMPLER_OPTIONS: dict[str, set[str]] = {
+    "ode": {"steps", "rtol", "atol", "t_min", "time_variable", "ode_method"},
+    "ancestral": {"steps"},
+    "euler_maruyama": {"steps", "t_min"},
+    "pc": {"steps", "t_min", "snr", "corrector_steps"},
+}
+"""The options each sampling method of :func:`sample` takes (others are refused by name)."""
+
+
 def _sampler_options(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
     """The options that apply to ``method`` (None values dropped)."""
-    allowed = {
-        "ode": {"steps", "rtol", "atol", "t_min", "time_variable", "ode_method"},
-        "ancestral": {"steps"},
-        "euler_maruyama": {"steps", "t_min"},
-        "pc": {"steps", "t_min", "snr", "corrector_steps"},
-    }
+    allowed = SAMPLER_OPTIONS
     if method not in allowed:
         raise ValueError(f"unknown sampling method {method!r}; choose one of {sorted(allowed)}")
     out = {}
@@ -133,8 +83,8 @@ def _sampler_options(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def sample_run(
-    loaded: LoadedModel,
+def sample(
+    run: Run | LoadedModel | str | os.PathLike[str],
     n: int,
     *,
     method: str = "ode",
@@ -142,12 +92,14 @@ def sample_run(
     seed: int = 0,
     batch_size: int = 64,
     progress: bool = True,
+    device: torch.device | str | None = None,
     **options: Any,
 ) -> tuple[Any, Tensor]:
     """Draw ``n`` fields from a run's model.
 
     Args:
-        loaded: from :func:`load_for_inference`.
+        run: a :class:`Run`, its folder, or a :class:`LoadedModel` (:meth:`Run.load`; load once
+            to sample or evaluate several times).
         n: number of fields.
         method: "ode", "ancestral", "euler_maruyama" or "pc" (see ``docs/samplers.md``).
         cond: parameter values ``{name: value}`` shared by all fields, or a tensor ``[n, P]``
@@ -155,19 +107,17 @@ def sample_run(
         seed: seeds the prior draws and the sampler's noise.
         batch_size: fields per sampler call.
         progress: show a progress bar.
-        **options: sampler options (steps, rtol, atol, t_min, time_variable, ...).
+        device: where to load the model when ``run`` is not loaded yet (default: the CPU).
+        **options: sampler options (steps, rtol, atol, t_min, time_variable, ...; see
+            :data:`SAMPLER_OPTIONS`).
 
     Returns:
         ``(dataset, x)``: the ``xarray.Dataset`` in the data's layout and units, with
         provenance attributes (model, method, seed, NFE), and the fields ``[n, C, *spatial]``.
     """
-    import scidiff as sd
-    from scidiff.data import fields_to_dataset
-
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"--n must be a positive integer, got {n!r}")
-    if batch_size < 1:
-        raise ValueError(f"--batch-size must be a positive integer, got {batch_size}")
+    n = check_int("n", n)
+    batch_size = check_int("batch_size", batch_size)
+    loaded = as_loaded(run, device=device)
     run = loaded.run
     opts = _sampler_options(method, options)
     theta = cond if isinstance(cond, Tensor) else _theta_matrix(run, cond or {}, n)
@@ -176,13 +126,13 @@ def sample_run(
     generator = torch.Generator(device=loaded.device).manual_seed(int(seed))
     shape = run.field_shape
     dtype = next(loaded.model.parameters()).dtype
-    bar = _bar(n, "sampling", progress)
+    bar = progress_bar(n, "sampling", enabled=progress, unit="field")
     parts: list[Tensor] = []
     nfe = 0
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)
         score = loaded.score(None if theta is None else theta[start : start + b])
-        res = sd.sample(
+        res = draw(
             score, loaded.model.sde, (b, *shape), method, generator=generator, dtype=dtype,
             device=loaded.device, progress=progress and method != "ode", return_result=True, **opts,
         )
@@ -209,23 +159,13 @@ def sample_run(
     return ds, x
 
 
-def _bar(total: int, desc: str, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="field", dynamic_ncols=True)
-
-
-def open_like_run(run: Run, path: str | os.PathLike[str], *, cond: bool = True) -> Any:
+def open_like_run(run: Run, path: str | os.PathLike[str], *, cond: bool = True) -> FieldSource:
     """Open ``path`` with the run's variables and dims; check it matches the model's fields.
 
     Raises:
         FileNotFoundError: no such file.
         DataError: a variable is missing, or the channels or grid differ from the training data.
     """
-    from scidiff.data import DataError, open_fields
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"data file {str(path)!r} does not exist")
@@ -250,15 +190,15 @@ def open_like_run(run: Run, path: str | os.PathLike[str], *, cond: bool = True) 
     return source
 
 
-def read_fields(source: Any, limit: int | None = None, *, chunk: int = 256) -> Iterator[Any]:
+def read_fields(source: FieldSource, limit: int | None = None, *, chunk: int = 256) -> Iterator[FieldChunk]:
     """Chunks (``x`` ``[b, C, *spatial]`` float64, ``cond``, ``index``) of the first ``limit`` fields."""
     total = source.num_samples if limit is None else min(int(limit), source.num_samples)
     for start in range(0, total, chunk):
         yield source.read(start, min(total, start + chunk))
 
 
-def loglik_run(
-    loaded: LoadedModel,
+def loglik(
+    run: Run | LoadedModel | str | os.PathLike[str],
     data: str | os.PathLike[str],
     *,
     divergence: str = "hutchinson",
@@ -271,11 +211,12 @@ def loglik_run(
     time_variable: str | None = None,
     seed: int = 0,
     progress: bool = True,
+    device: torch.device | str | None = None,
 ) -> Any:
     """log p(x) of the fields in ``data`` under a run's model, per field, in the data's units.
 
     Args:
-        loaded: from :func:`load_for_inference`.
+        run: a :class:`Run`, its folder, or a :class:`LoadedModel`.
         data: a netCDF/HDF5 file with the run's variables on the run's grid.
         divergence: "exact" (full Jacobian trace; D vector-Jacobian products per step) or
             "hutchinson" (unbiased, one per probe and step).
@@ -286,22 +227,19 @@ def loglik_run(
             ``time_variable=None`` takes ``scidiff.log_likelihood``'s default.
         seed: seeds the Hutchinson probes.
         progress: show a progress bar.
+        device: where to load the model when ``run`` is not loaded yet.
 
     Returns:
         An ``xarray.Dataset`` with ``log_prob`` (nats) and ``bits_per_dim`` per field, the
         fields' positions in the file (``source_index``), their parameters, and provenance.
     """
-    import scidiff as sd
-    from scidiff.data import loglik_to_dataset
-
     if divergence not in ("exact", "hutchinson"):
-        raise ValueError(f"--divergence must be 'exact' or 'hutchinson', got {divergence!r}")
+        raise ValueError(f"divergence must be 'exact' or 'hutchinson', got {divergence!r}")
     if time_variable is None:
-        import inspect
-
-        time_variable = inspect.signature(sd.log_likelihood).parameters["time_variable"].default
-    if n is not None and n < 1:
-        raise ValueError(f"--n must be a positive integer, got {n}")
+        time_variable = inspect.signature(log_likelihood).parameters["time_variable"].default
+    if n is not None:
+        n = check_int("n", n)
+    loaded = as_loaded(run, device=device)
     run = loaded.run
     source = open_like_run(run, data)
     total = source.num_samples if n is None else min(n, source.num_samples)
@@ -310,13 +248,13 @@ def loglik_run(
     d = math.prod(run.field_shape)
     log_prob, index, thetas = [], [], []
     nfe = 0
-    bar = _bar(total, f"log-likelihood ({divergence})", progress)
+    bar = progress_bar(total, f"log-likelihood ({divergence})", enabled=progress, unit="field")
     try:
         for chunk in read_fields(source, total, chunk=batch_size):
             x = chunk.x
             z = loaded.normalizer.forward(x)
             score = loaded.score(chunk.cond)
-            res = sd.log_likelihood(
+            res = log_likelihood(
                 score, loaded.model.sde, z.to(device=loaded.device, dtype=dtype), divergence=divergence,  # type: ignore[arg-type]
                 probes=probes, rtol=rtol, atol=atol, t_min=t_min, time_variable=time_variable,  # type: ignore[arg-type]
                 generator=generator,
@@ -355,12 +293,10 @@ def loglik_run(
 
 def write_table(ds: Any, out: str | os.PathLike[str]) -> Path:
     """Write a per-field table as netCDF (``.nc``) or CSV (``.csv``), chosen by the suffix."""
-    from scidiff.data import write_csv, write_netcdf
-
     out = Path(out)
     suffix = out.suffix.lower()
     if suffix == ".csv":
         return write_csv(ds, out)
     if suffix in (".nc", ".nc4", ".netcdf", ".h5", ".hdf5"):
         return write_netcdf(ds, out)
-    raise ValueError(f"--out {str(out)!r}: give a .nc or .csv file name")
+    raise ValueError(f"{str(out)!r}: give a .nc or .csv file name for the table")

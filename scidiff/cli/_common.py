@@ -1,0 +1,170 @@
+"""What every subcommand shares: the help formatter, small argument types, common options, printing."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "Formatter",
+    "names",
+    "ints",
+    "positive_int",
+    "param_value",
+    "params",
+    "assignments",
+    "add_common",
+    "add_sampler_options",
+    "sampler_kwargs",
+    "show_progress",
+    "say",
+    "check_out_folder",
+]
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the descriptions' line breaks and shows each option's default where it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if default is None or default is False or default is argparse.SUPPRESS or "default" in text:
+            return text
+        if action.option_strings and action.nargs != 0:
+            return f"{text} (default: {default})"
+        return text
+
+
+# ---- argument types ---------------------------------------------------------------------------
+def names(text: str) -> list[str]:
+    """``"a,b"`` -> ``["a", "b"]`` (at least one name)."""
+    out = [v.strip() for v in text.split(",") if v.strip()]
+    if not out:
+        raise argparse.ArgumentTypeError(f"expected NAME or NAME,NAME,..., got {text!r}")
+    return out
+
+
+def ints(text: str) -> list[int]:
+    """``"1,2,2"`` -> ``[1, 2, 2]``."""
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers such as 1,2,2, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def param_value(text: str) -> Any:
+    """An int, else a float, else true/false, else the text itself."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return text
+
+
+def params(items: list[str] | None) -> dict[str, Any]:
+    """``["slope=3", "reynolds=500:2000"]`` -> ``{"slope": 3, "reynolds": (500, 2000)}`` (LOW:HIGH is a range)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        for part in item.split(","):
+            name, sep, value = part.partition("=")
+            if not sep or not name.strip():
+                raise ValueError(f"--param expects NAME=VALUE or NAME=LOW:HIGH, got {part!r}")
+            if ":" in value:
+                low, _, high = value.partition(":")
+                out[name.strip()] = (param_value(low.strip()), param_value(high.strip()))
+            else:
+                out[name.strip()] = param_value(value.strip())
+    return out
+
+
+def assignments(items: list[str] | None, *, what: str = "--cond") -> dict[str, float]:
+    """``["theta=0.5", "a=1,b=2"]`` -> ``{"theta": 0.5, "a": 1.0, "b": 2.0}``."""
+    out: dict[str, float] = {}
+    for item in items or []:
+        for part in item.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            name, sep, value = part.partition("=")
+            if not sep or not name.strip():
+                raise ValueError(f"{what} expects NAME=VALUE, got {part!r}")
+            try:
+                out[name.strip()] = float(value)
+            except ValueError:
+                raise ValueError(f"{what} {name.strip()}: {value!r} is not a number") from None
+    return out
+
+
+# ---- options shared by several subcommands ----------------------------------------------------
+def add_common(p: argparse.ArgumentParser, *, seed: bool = True, device: bool = True, seed_default: int | None = 0) -> None:
+    """--seed, --device, --no-progress and --debug."""
+    g = p.add_argument_group("general")
+    if seed:
+        g.add_argument("--seed", type=int, default=seed_default,
+                       help="random seed (same seed, same result)" + ("" if seed_default is not None else
+                                                                     "; default: the configuration's, else 0"))
+    if device:
+        g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    g.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    g.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+
+
+SAMPLER_METHODS = ["ode", "ancestral", "euler_maruyama", "pc"]
+
+
+def add_sampler_options(p: argparse.ArgumentParser) -> None:
+    """--method and the options of the samplers (see docs/samplers.md)."""
+    g = p.add_argument_group("sampler (see docs/samplers.md)")
+    g.add_argument(
+        "--method", default="ode", choices=SAMPLER_METHODS,
+        help="ode: probability-flow ODE (adaptive, deterministic); ancestral: DDPM steps; "
+        "euler_maruyama: reverse SDE; pc: predictor-corrector",
+    )
+    g.add_argument("--steps", type=positive_int, default=None,
+                   help="steps of ancestral / euler_maruyama / pc (defaults 1000 / 1000 / 500)")
+    g.add_argument("--rtol", type=float, default=None, help="ODE relative tolerance (default 1e-5)")
+    g.add_argument("--atol", type=float, default=None, help="ODE absolute tolerance (default 1e-5)")
+    g.add_argument("--t-min", type=float, default=None, help="smallest diffusion time (default 1e-3)")
+    g.add_argument("--time-variable", choices=["logsnr", "t", "sigma"], default=None,
+                   help="ODE integration variable (default logsnr)")
+
+
+def sampler_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The sampler options of :func:`add_sampler_options` as keyword arguments of ``runs.sample``."""
+    return {
+        "steps": args.steps, "rtol": args.rtol, "atol": args.atol, "t_min": args.t_min,
+        "time_variable": args.time_variable,
+    }
+
+
+# ---- printing and checks ----------------------------------------------------------------------
+def show_progress(args: argparse.Namespace) -> bool:
+    """Whether progress bars are wanted (no --no-progress)."""
+    return not getattr(args, "no_progress", False)
+
+
+def say(text: str = "") -> None:
+    """Print one line to stdout at once."""
+    print(text, flush=True)
+
+
+def check_out_folder(out: Path) -> None:
+    """Raise before any work if the folder of an output file does not exist."""
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"cannot write {out}: folder {folder} does not exist")

@@ -1,0 +1,269 @@
+"""A run folder: what one trained model is, where its files are, and how to load it.
+
+A run folder, as written by :func:`scidiff.runs.train` (``scidiff train``, ``scidiff demo``)::
+
+    config.toml      every option of the run: [data], [model] and [train] tables
+                     (reusable as ``scidiff train --config RUN/config.toml``)
+    run.json         what sampling and likelihoods need besides the weights: the data
+                     template (variable names, dims, coords, units, attrs), the
+                     conditioning columns and their standardisation
+    checkpoints/     the Trainer's checkpoints step_XXXXXXXX/ (weights, EMA, normaliser, history)
+    latest           names the newest complete checkpoint
+
+The checkpoints and ``latest`` are kept by a :class:`scidiff.checkpoint.CheckpointFolder`
+(the Trainer writes them); :class:`Run` reads them through :attr:`Run.checkpoints`.
+
+Conditioning follows :mod:`scidiff.guidance.cfg`: the network sees ``c = [theta_std, 1]``
+with ``theta_std = (theta - mean) / std`` per parameter, the statistics taken over the
+training split and kept in ``run.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from scidiff._atomic import write_text_atomically
+from scidiff._version import __version__
+from scidiff.checkpoint import Checkpoint, CheckpointFolder, CheckpointNotFoundError, load_checkpoint
+from scidiff.data import FieldTemplate, Normalizer
+from scidiff.guidance.cfg import condition
+from scidiff.models import ScoreModel
+from scidiff.runs.options import CONFIG_FILE, DataOptions, ModelOptions, _from_table
+
+__all__ = ["Run", "RunError", "LoadedModel", "load_run", "RUN_FILE"]
+
+RUN_FILE = "run.json"
+RUN_FORMAT = "scidiff-run"
+
+
+class RunError(ValueError):
+    """A path is not a usable run folder; the message names it and says how to make one."""
+
+
+@dataclass
+class Run:
+    """A run folder: its options, data template, conditioning statistics and checkpoints.
+
+    Open one with :meth:`Run.open` (or :func:`load_run`); :func:`scidiff.runs.train` makes one.
+
+    Attributes:
+        path: the folder.
+        data, model: the options it was trained with.
+        template: a :class:`scidiff.data.FieldTemplate` of the training data.
+        cond_names: the conditioning columns (``P`` of them; empty for an unconditional model).
+        cond_mean, cond_std: standardisation of the conditioning, ``[P]`` each.
+    """
+
+    path: Path
+    data: DataOptions
+    model: ModelOptions
+    template: Any
+    cond_names: tuple[str, ...] = ()
+    cond_mean: list[float] = field(default_factory=list)
+    cond_std: list[float] = field(default_factory=list)
+
+    # ---- opening --------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> "Run":
+        """The run folder at ``path`` (or the run a checkpoint directory inside it belongs to).
+
+        Raises:
+            RunError: ``path`` does not exist or is not a run folder.
+        """
+        given = Path(path)
+        if not given.exists():
+            raise RunError(f"run folder {str(given)!r} does not exist")
+        folder = given if given.is_dir() else given.parent
+        candidates = [folder, folder.parent, folder.parent.parent]
+        run_dir = next((c for c in candidates if (c / RUN_FILE).is_file()), None)
+        if run_dir is None:
+            raise RunError(
+                f"{str(given)!r} is not a scidiff run folder (it has no {RUN_FILE}); make one with "
+                "`scidiff train --data FILE --var NAME --out RUN` or `scidiff demo`"
+            )
+        file = run_dir / RUN_FILE
+        try:
+            meta = json.loads(file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise RunError(f"{str(file)!r} is corrupt: not valid JSON ({err})") from None
+        if not isinstance(meta, dict) or meta.get("format") != RUN_FORMAT:
+            raise RunError(f"{str(file)!r} is not a scidiff run description (no \"format\": \"{RUN_FORMAT}\")")
+        try:
+            return cls(
+                path=run_dir,
+                data=_from_table(DataOptions, meta["data"], f"data of {file}"),
+                model=_from_table(ModelOptions, meta["model"], f"model of {file}"),
+                template=FieldTemplate.from_dict(meta["template"]),
+                cond_names=tuple(meta.get("cond_names", ())),
+                cond_mean=[float(v) for v in meta.get("cond_mean", [])],
+                cond_std=[float(v) for v in meta.get("cond_std", [])],
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise RunError(f"{str(file)!r} is incomplete or damaged ({err})") from None
+
+    # ---- the folder's files ------------------------------------------------------------
+    @property
+    def config_file(self) -> Path:
+        """``config.toml``: every option of the run."""
+        return self.path / CONFIG_FILE
+
+    @property
+    def run_file(self) -> Path:
+        """``run.json``: the data template and conditioning statistics."""
+        return self.path / RUN_FILE
+
+    @property
+    def checkpoints(self) -> CheckpointFolder:
+        """The run's checkpoints (``checkpoints/step_*`` and ``latest``)."""
+        return CheckpointFolder(self.path)
+
+    @property
+    def latest(self) -> Path | None:
+        """The newest complete checkpoint directory, or None before the first one is saved."""
+        return self.checkpoints.latest()
+
+    def prune(self, keep: int = 1) -> None:
+        """Remove all but the newest ``keep`` checkpoints (never the one ``latest`` names)."""
+        self.checkpoints.prune(keep, protect=self.latest)
+
+    @property
+    def field_shape(self) -> tuple[int, ...]:
+        """``(C, *spatial)`` of the fields the model takes."""
+        return (self.template.num_channels, *self.template.spatial_shape)
+
+    # ---- the model -----------------------------------------------------------------------
+    def checkpoint(self, *, device: torch.device | str | None = None) -> Checkpoint:
+        """The latest checkpoint (:class:`scidiff.checkpoint.Checkpoint`) of the run."""
+        try:
+            return load_checkpoint(self.path, device=device)
+        except CheckpointNotFoundError:
+            raise RunError(
+                f"run folder {str(self.path)!r} holds no checkpoint yet: its training has not saved one "
+                f"(run `scidiff train ... --out {self.path}` to completion, or --resume it)"
+            ) from None
+
+    def load(self, *, device: torch.device | str | None = None) -> "LoadedModel":
+        """The latest checkpoint's EMA model and normaliser, ready for sampling and likelihoods."""
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        ckpt = self.checkpoint(device=dev)
+        normalizer = ckpt.normalizer_object()
+        if normalizer is None:
+            raise RunError(
+                f"checkpoint {str(ckpt.path)!r} holds no normalisation statistics; it was not made by scidiff train"
+            )
+        return LoadedModel(run=self, model=ckpt.model, normalizer=normalizer, checkpoint=ckpt, device=dev)
+
+    def condition(self, theta: Tensor) -> Tensor:
+        """``c = [(theta - mean) / std, 1]`` for parameters ``theta`` ``[B, P]`` in data units."""
+        mean = torch.tensor(self.cond_mean, dtype=theta.dtype, device=theta.device)
+        std = torch.tensor(self.cond_std, dtype=theta.dtype, device=theta.device)
+        return condition((theta - mean) / std)
+
+    # ---- writing -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The contents of ``run.json``."""
+        return {
+            "format": RUN_FORMAT,
+            "version": 1,
+            "scidiff_version": __version__,
+            "data": dataclasses.asdict(self.data),
+            "model": dataclasses.asdict(self.model),
+            "template": self.template.to_dict(),
+            "cond_names": list(self.cond_names),
+            "cond_mean": list(self.cond_mean),
+            "cond_std": list(self.cond_std),
+        }
+
+    def save(self) -> Path:
+        """Write ``run.json`` into the folder (atomically)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        return write_text_atomically(self.run_file, json.dumps(self.to_dict(), indent=1))
+
+    @staticmethod
+    def prepare(path: str | os.PathLike[str], *, resume: bool = False, overwrite: bool = False) -> Path:
+        """Make ``path`` ready for a run: create it, or (``overwrite``) clear a run in it.
+
+        Raises:
+            RunError: a run is already there and neither ``resume`` nor ``overwrite`` is given,
+                or ``path`` is a file.
+        """
+        run_dir = Path(path)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise RunError(f"{str(run_dir)!r} is a file, not a folder for the run")
+        checkpoints = CheckpointFolder(run_dir)
+        has_run = (run_dir / RUN_FILE).is_file() or checkpoints.folder.is_dir()
+        if has_run and not (resume or overwrite):
+            raise RunError(
+                f"{str(run_dir)!r} already holds a run; pass --resume to continue it or --overwrite to start afresh"
+            )
+        if overwrite and has_run:
+            checkpoints.clear()
+            for name in (RUN_FILE, CONFIG_FILE):
+                target = run_dir / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return run_dir
+
+    @staticmethod
+    def is_run(path: str | os.PathLike[str]) -> bool:
+        """Whether ``path`` is a folder holding a run (its ``run.json``)."""
+        return (Path(path) / RUN_FILE).is_file()
+
+
+def load_run(path: str | os.PathLike[str]) -> Run:
+    """The run folder at ``path``; see :meth:`Run.open`."""
+    return Run.open(path)
+
+
+@dataclass
+class LoadedModel:
+    """A run's EMA model, normaliser and checkpoint, ready for sampling and likelihoods (:meth:`Run.load`).
+
+    Attributes:
+        run: the run.
+        model: the EMA :class:`~scidiff.models.ScoreModel`, in eval mode on ``device``.
+        normalizer: the per-channel :class:`~scidiff.data.Normalizer` of the training data.
+        checkpoint: the loaded :class:`~scidiff.checkpoint.Checkpoint`.
+        device: where the model is.
+    """
+
+    run: Run
+    model: ScoreModel
+    normalizer: Normalizer
+    checkpoint: Checkpoint
+    device: torch.device
+
+    def score(self, theta: Tensor | None) -> Callable[[Tensor, Tensor], Tensor]:
+        """The score callable, conditioned on ``theta`` ``[B, P]`` (data units) if the run is conditional."""
+        if not self.run.cond_names:
+            return self.model.score
+        if theta is None:
+            raise ValueError(f"the model of {str(self.run.path)!r} is conditioned on {list(self.run.cond_names)}; pass theta")
+        cond = self.run.condition(theta.to(device=self.device, dtype=torch.float32))
+        return functools.partial(_score_with_cond, self.model, cond)
+
+    def provenance(self) -> dict[str, Any]:
+        """The model, checkpoint and step, for the attributes of written files."""
+        return {
+            "model": str(self.run.path),
+            "checkpoint": str(self.checkpoint.path),
+            "checkpoint_step": int(self.checkpoint.step),
+        }
+
+
+def _score_with_cond(model: ScoreModel, cond: Tensor, x: Tensor, t: Tensor) -> Tensor:
+    return model.score(x, t, cond.to(x.dtype))

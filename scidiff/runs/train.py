@@ -1,0 +1,144 @@
+"""Training a run: fit the normaliser, build the network for the file's fields, train into the folder.
+
+:func:`train` turns a data file and options into a run folder (see :mod:`scidiff.runs.run`):
+the per-channel normaliser is fitted on the training split, the UNet of the model options is
+built for the file's channels, grid and parameters, ``config.toml`` and ``run.json`` are
+written, and the :class:`scidiff.training.Trainer` (EMA, checkpoints, resume) runs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from scidiff.data import FieldDataset, FieldSource, Normalizer, check_spatial_size, open_fields
+from scidiff.nets import count_parameters
+from scidiff.runs.options import CONFIG_FILE, DataOptions, ModelOptions, write_config
+from scidiff.runs.run import Run
+from scidiff.training import TrainConfig, Trainer
+
+__all__ = ["train", "TrainSummary", "open_training_data"]
+
+
+class _Conditioned(Dataset):
+    """Items (x, theta) of a FieldDataset as (x, [(theta - mean) / std, 1])."""
+
+    def __init__(self, dataset: Dataset, run: Run) -> None:
+        self.dataset = dataset
+        self.run = run
+        self.normalizer = getattr(dataset, "normalizer", None)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def _one(self, item: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        x, theta = item
+        return x, self.run.condition(theta[None])[0]
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self._one(self.dataset[i])
+
+    def __getitems__(self, items: list[int]) -> list[tuple[Tensor, Tensor]]:
+        return [self._one(it) for it in self.dataset.__getitems__(items)]  # type: ignore[attr-defined]
+
+
+def open_training_data(data: DataOptions) -> FieldSource:
+    """The :class:`scidiff.data.FieldSource` of a run's data options."""
+    if not data.file:
+        raise ValueError("no data file given (--data FILE, or file = ... under [data] in the configuration)")
+    if not data.variables:
+        raise ValueError("no variable given (--var NAME[,NAME], or variables = [...] under [data])")
+    return open_fields(
+        data.file,
+        data.variables,
+        sample_dim=data.sample_dim or None,
+        spatial_dims=data.spatial_dims or None,
+        cond=data.cond,
+    )
+
+
+@dataclass
+class TrainSummary:
+    """What :func:`train` did: the run, the final step, losses and wall time."""
+
+    run: Run
+    step: int
+    history: list[dict[str, float]]
+    seconds: float
+    num_train: int
+    num_val: int
+    parameters: int
+
+
+def train(
+    run_dir: str | os.PathLike[str],
+    data: DataOptions,
+    model: ModelOptions,
+    train: TrainConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> TrainSummary:
+    """Train a model on ``data`` into the run folder ``run_dir`` (see the module docstring).
+
+    Fits the per-channel normaliser on the training split, builds the UNet of ``model`` for
+    the file's channels, grid and parameters, saves ``config.toml`` and ``run.json`` and
+    runs the :class:`scidiff.training.Trainer` (EMA, checkpoints, resume) for ``train.steps``.
+    """
+    start = time.perf_counter()
+    run_dir = Path(run_dir)
+    data.file = str(Path(data.file).expanduser().resolve()) if data.file else data.file
+    source = open_training_data(data)
+    spatial = source.spatial_shape
+    if model.periodic:
+        check_spatial_size(spatial, model.multiple, dims=source.spatial_dims, source=source.path.name)
+    Run.prepare(run_dir, resume=resume, overwrite=overwrite)
+    split = dict(val_fraction=data.val_fraction, seed=data.split_seed)
+    train_plain = FieldDataset(source, split="train", **split)
+    normalizer = Normalizer.fit(train_plain, log=data.log, progress=progress)
+    train_ds: Dataset = FieldDataset(source, split="train", normalizer=normalizer, **split)
+    val_ds: Dataset | None = (
+        FieldDataset(source, split="val", normalizer=normalizer, **split) if data.val_fraction > 0 else None
+    )
+    cond_mean: list[float] = []
+    cond_std: list[float] = []
+    if source.cond is not None:
+        theta = np.asarray(source.cond)[train_plain.indices]
+        cond_mean = theta.mean(axis=0).tolist()
+        std = theta.std(axis=0)
+        cond_std = np.where(std > 0, std, 1.0).tolist()
+    run = Run(
+        path=run_dir, data=data, model=model, template=source.template, cond_names=tuple(source.cond_names),
+        cond_mean=cond_mean, cond_std=cond_std,
+    )
+    if source.cond is not None:
+        train_ds = _Conditioned(train_ds, run)
+        val_ds = None if val_ds is None else _Conditioned(val_ds, run)
+    if len(train_ds) < train.batch_size:  # type: ignore[arg-type]
+        train = train.replace(batch_size=len(train_ds))  # type: ignore[arg-type]
+    if val_ds is None:
+        train = train.replace(val_every=0)
+    score_model = model.build(source.num_channels, len(spatial), len(source.cond_names))
+    run.save()
+    write_config(run_dir / CONFIG_FILE, data, model, train)
+    trainer = Trainer(score_model, train, run_dir=run_dir, resume=resume, normalizer=normalizer, device=device)
+    try:
+        history = trainer.fit(train_ds, val_data=val_ds, progress=progress)
+    finally:
+        trainer.dist.close()
+    if trainer.step == 0 or run.latest is None:
+        trainer.save()
+    return TrainSummary(
+        run=run, step=trainer.step, history=history, seconds=time.perf_counter() - start,
+        num_train=len(train_ds), num_val=0 if val_ds is None else len(val_ds),  # type: ignore[arg-type]
+        parameters=count_parameters(score_model.net),
+    )
