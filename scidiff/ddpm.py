@@ -30,19 +30,13 @@ import torch
 from torch import Tensor
 
 from scidiff.sde import VPSDE, expand_like
+from scidiff._validate import check_int
+from scidiff._progress import progress as iterate
 
 __all__ = ["DDPM", "EpsFn"]
 
 EpsFn = Callable[[Tensor, Tensor], Tensor]
 """eps_fn(x_n, t) -> eps-hat shaped like x_n, with t = n / N of shape [B]."""
-
-
-def _progress(iterable, *, total: int, desc: str, enabled: bool):
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, leave=False)
 
 
 class DDPM:
@@ -189,7 +183,7 @@ class DDPM:
         abar_n = float(self.alphas_bar[-1])
         one_m = float(-math.expm1(float(self.log_alphas_bar[-1])))
         terms[-1] = 0.5 * (abar_n * x0.flatten(1).pow(2).sum(1) + d * (one_m - 1.0 - math.log(one_m)))
-        for n_int in _progress(range(1, self.steps + 1), total=self.steps, desc="L_vlb", enabled=progress):
+        for n_int in iterate(range(1, self.steps + 1), total=self.steps, desc="L_vlb", enabled=progress, leave=False):
             n = torch.full((bsz,), n_int, dtype=torch.long, device=x0.device)
             x_n, _ = self.q_sample(x0, n, generator=generator)
             x0_hat, _ = self.predict_x0(eps_fn, x_n, n)
@@ -225,7 +219,7 @@ class DDPM:
         if generator is not None and device is None:
             device = generator.device
         x = torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
-        for n_int in _progress(range(self.steps, 0, -1), total=self.steps, desc="DDPM", enabled=progress):
+        for n_int in iterate(range(self.steps, 0, -1), total=self.steps, desc="DDPM", enabled=progress, leave=False):
             n = torch.full((x.shape[0],), n_int, dtype=torch.long, device=x.device)
             x0_hat, _ = self.predict_x0(eps_fn, x, n)
             c0, cn, var = self._posterior_coefs(n, x)
@@ -242,6 +236,4 @@ class DDPM:
 
 
 def _check_steps(steps: int) -> int:
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    return steps
+    return check_int("steps", steps)

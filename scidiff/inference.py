@@ -32,6 +32,8 @@ import torch
 from torch import Tensor
 
 from scidiff.sde import VPSDE
+from scidiff._validate import check_int
+from scidiff._progress import progress_bar
 
 __all__ = [
     "log_likelihood_grid",
@@ -91,8 +93,7 @@ def log_likelihood_grid(
         raise TypeError(f"sde must be a scidiff.VPSDE, got {type(sde).__name__}")
     if not isinstance(x, Tensor) or x.ndim < 2:
         raise ValueError("x must be a tensor of fields [B, *event]")
-    if isinstance(thetas_per_solve, bool) or not isinstance(thetas_per_solve, int) or thetas_per_solve < 1:
-        raise ValueError(f"thetas_per_solve must be a positive integer, got {thetas_per_solve!r}")
+    check_int("thetas_per_solve", thetas_per_solve)
     if "generator" in likelihood_options:
         raise ValueError("pass seed= instead of generator=: every theta uses the same probes")
     if thetas_per_solve > 1 and likelihood_options.get("divergence", "exact") == "hutchinson":
@@ -104,11 +105,7 @@ def log_likelihood_grid(
     squeeze = torch.as_tensor(thetas).ndim == 1
     bsz = x.shape[0]
     out = torch.empty(grid.shape[0], bsz, dtype=torch.float64, device=x.device)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=grid.shape[0], desc="log p(x | theta) on the grid", leave=False)
+    bar = progress_bar(grid.shape[0], "log p(x | theta) on the grid", enabled=progress, leave=False)
     gen_device = x.device
     for g0 in range(0, grid.shape[0], thetas_per_solve):
         g1 = min(grid.shape[0], g0 + thetas_per_solve)
@@ -124,10 +121,8 @@ def log_likelihood_grid(
         gen = torch.Generator(device=gen_device).manual_seed(seed)
         res = log_likelihood(score, sde, xs, generator=gen, **likelihood_options).log_prob
         out[g0:g1] = res.double().reshape(k, bsz)
-        if bar is not None:
-            bar.update(k)
-    if bar is not None:
-        bar.close()
+        bar.update(k)
+    bar.close()
     return out
 
 
@@ -271,8 +266,7 @@ def metropolis(
     theta = torch.as_tensor(theta0, dtype=torch.float64).clone()
     if theta.ndim != 2:
         raise ValueError(f"theta0 must be [B, P], got shape {list(theta.shape)}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    check_int("steps", steps)
     scale = torch.as_tensor(step_size, dtype=torch.float64)
     if not bool((scale > 0).all()):
         raise ValueError(f"step_size must be positive, got {step_size!r}")
@@ -281,11 +275,7 @@ def metropolis(
         raise ValueError("the log density is not finite at theta0")
     samples, dens = [], []
     accepted = torch.zeros(theta.shape[0], dtype=torch.float64)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, desc="metropolis", leave=False)
+    bar = progress_bar(steps, "metropolis", enabled=progress, leave=False)
     for _ in range(steps):
         prop = theta + scale * torch.randn(theta.shape, generator=generator, dtype=torch.float64)
         lp_prop = log_density(prop).double()
@@ -296,8 +286,6 @@ def metropolis(
         accepted += accept.double()
         samples.append(theta.clone())
         dens.append(lp.clone())
-        if bar is not None:
-            bar.update()
-    if bar is not None:
-        bar.close()
+        bar.update()
+    bar.close()
     return MetropolisResult(samples=torch.stack(samples), log_density=torch.stack(dens), acceptance=accepted / steps)

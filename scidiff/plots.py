@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from scidiff.metrics import _as_float64, _fields
+from scidiff._validate import check_int
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -133,8 +134,7 @@ def sample_grid(
         units: units of the field values, shown on the colour bar (or y-axis).
         path: where to save the PNG.
     """
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    check_int("n", n)
     rows = [_display_fields(samples, channel, "samples")[:n]]
     if data is not None:
         rows.append(_display_fields(data, channel, "data")[:n])
@@ -418,8 +418,7 @@ def histograms(
         units: units of the values.
         path: where to save the PNG.
     """
-    if not isinstance(bins, int) or bins < 1:
-        raise ValueError(f"bins must be a positive integer, got {bins!r}")
+    check_int("bins", bins)
     sets = [_as_float64(samples, "samples").reshape(-1)]
     if data is not None:
         sets.append(_as_float64(data, "data").reshape(-1))

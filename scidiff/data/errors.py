@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from scidiff._validate import check_int
 
 __all__ = ["DataError", "check_spatial_size"]
 
@@ -43,8 +44,7 @@ def check_spatial_size(
     Raises:
         DataError: naming each offending dim, its size, and the nearest sizes that work.
     """
-    if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
-        raise ValueError(f"multiple must be a positive integer, got {multiple!r}")
+    check_int("multiple", multiple)
     shape = tuple(int(s) for s in shape)
     if dims is None:
         dims = [f"axis {i}" for i in range(len(shape))]

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from scidiff.data.errors import DataError
 from scidiff.data.source import FieldChunk, FieldSource
+from scidiff._progress import progress as iterate
 
 __all__ = ["Normalizer", "RunningMoments"]
 
@@ -143,15 +144,14 @@ class Normalizer:
             DataError: a NaN / inf value, or a value <= 0 in a log channel (naming the
                 file, variable and sample index).
         """
-        from tqdm.auto import tqdm
-
         log = (log,) if isinstance(log, str) else tuple(log)
         stream = _stream(data, chunk_size, channels)
         moments: RunningMoments | None = None
         names: tuple[str, ...] = ()
         log_mask = np.zeros(0, dtype=bool)
-        bar = tqdm(stream.chunks, total=stream.total, desc="fitting normaliser", disable=not progress, leave=False)
-        for values, index in bar:
+        for values, index in iterate(
+            stream.chunks, total=stream.total, desc="fitting normaliser", enabled=progress, leave=False
+        ):
             if moments is None:
                 names = stream.channels or tuple(f"channel {i}" for i in range(values.shape[1]))
                 log_mask = _log_mask(log, names, stream.variables or names)

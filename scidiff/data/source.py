@@ -24,6 +24,7 @@ from torch import Tensor
 from scidiff.data._backends import Backend, VarInfo, open_backend
 from scidiff.data.errors import DataError
 from scidiff.data.template import CoordTemplate, FieldTemplate, VariableTemplate
+from scidiff._validate import check_int
 
 __all__ = ["FieldChunk", "FieldSource", "open_fields", "SPATIAL_DIM_NAMES", "CHANNEL_DIM_NAMES"]
 
@@ -512,8 +513,7 @@ def plan_chunks(
     Returns ``(start, stop, keep)`` per non-empty block: read ``[start, stop)`` (the
     span of the wanted samples in the block) and keep the positions ``keep`` in it.
     """
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    check_int("chunk_size", chunk_size)
     idx = np.arange(num_samples) if indices is None else np.unique(np.asarray(indices, dtype=np.int64))
     if idx.size and (idx[0] < 0 or idx[-1] >= num_samples):
         raise IndexError(f"sample indices must lie in 0..{num_samples - 1}")

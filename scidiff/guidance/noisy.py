@@ -25,6 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from scidiff.sde import VPSDE
+from scidiff._validate import check_int
+from scidiff._progress import progress_bar
 
 __all__ = ["NoisyRegressor", "NoisyClassifier", "train_noisy_regressor", "train_noisy_classifier"]
 
@@ -60,8 +62,7 @@ class NoisyRegressor(nn.Module):
         **encoder_kwargs: Any,
     ) -> None:
         super().__init__()
-        if isinstance(num_params, bool) or not isinstance(num_params, int) or num_params < 1:
-            raise ValueError(f"num_params must be a positive integer, got {num_params!r}")
+        check_int("num_params", num_params)
         lo, hi = (float(v) for v in log_var_range)
         if not lo < hi:
             raise ValueError(f"log_var_range must be (low, high) with low < high, got {log_var_range}")
@@ -164,9 +165,8 @@ def _fit(
         raise TypeError(f"sde must be a scidiff.VPSDE, got {type(sde).__name__}")
     if fields.shape[0] != targets.shape[0]:
         raise ValueError(f"fields hold {fields.shape[0]} samples but targets {targets.shape[0]}")
-    for name, v in (("steps", steps), ("batch_size", batch_size)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    check_int("steps", steps)
+    check_int("batch_size", batch_size)
     if not (0.0 < t_min < 1.0):
         raise ValueError(f"t_min must lie in (0, 1), got {t_min}")
     param = next(model.parameters())
@@ -175,11 +175,7 @@ def _fit(
     gen = torch.Generator(device=param.device).manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     losses: list[float] = []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, desc=f"training {type(model).__name__}", leave=False)
+    bar = progress_bar(steps, f"training {type(model).__name__}", enabled=progress, leave=False)
     model.train()
     n = fields.shape[0]
     for _ in range(steps):
@@ -192,11 +188,10 @@ def _fit(
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
-        if bar is not None:
-            bar.update()
+        bar.update()
+        if progress:
             bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
-    if bar is not None:
-        bar.close()
+    bar.close()
     opt.zero_grad(set_to_none=True)
     model.eval()
     return losses

@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
+from scidiff._validate import check_int
 
 __all__ = [
     "Operator",
@@ -71,12 +72,6 @@ class Operator:
         return None
 
 
-def _check_positive_int(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
 def _check_event(x: Tensor, event_shape: tuple[int, ...], who: str) -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"{who} expects a torch.Tensor, got {type(x).__name__}")
@@ -101,7 +96,7 @@ class SparseSensors(Operator):
     linear = True
 
     def __init__(self, indices: Tensor | Sequence, event_shape: Sequence[int]) -> None:
-        self._event_shape = tuple(_check_positive_int("event_shape entry", int(n)) for n in event_shape)
+        self._event_shape = tuple(check_int("event_shape entry", int(n)) for n in event_shape)
         idx = torch.as_tensor(indices)
         if idx.dtype.is_floating_point or idx.dtype == torch.bool:
             raise TypeError(f"indices must be integers, got dtype {idx.dtype} (use Mask for a boolean mask)")
@@ -232,8 +227,8 @@ class Subsample(Operator):
     linear = True
 
     def __init__(self, factor: int, *, dims: int | None = None, offset: int = 0) -> None:
-        self.factor = _check_positive_int("factor", factor)
-        self.dims = None if dims is None else _check_positive_int("dims", dims)
+        self.factor = check_int("factor", factor)
+        self.dims = None if dims is None else check_int("dims", dims)
         if isinstance(offset, bool) or not isinstance(offset, int) or not (0 <= offset < factor):
             raise ValueError(f"offset must be an integer in [0, {factor}), got {offset!r}")
         self.offset = offset
@@ -265,8 +260,8 @@ class CoarseGrain(Operator):
     linear = True
 
     def __init__(self, factor: int, *, dims: int | None = None) -> None:
-        self.factor = _check_positive_int("factor", factor)
-        self.dims = None if dims is None else _check_positive_int("dims", dims)
+        self.factor = check_int("factor", factor)
+        self.dims = None if dims is None else check_int("dims", dims)
 
     def __call__(self, x: Tensor) -> Tensor:
         """x [B, ..., n_1, .., n_d] -> [B, ..., n_1 / f, .., n_d / f]."""

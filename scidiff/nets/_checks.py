@@ -10,15 +10,14 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+from scidiff._validate import check_int
 
 _AXES: dict[int, str] = {1: "L", 2: "H, W", 3: "D, H, W"}
 
 
 def positive_int(name: str, value: object, *, minimum: int = 1) -> int:
-    """Return ``value`` if it is an int >= ``minimum``, else raise."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
-    return value
+    """Return ``value`` if it is an int >= ``minimum``, else raise (``scidiff._validate.check_int``)."""
+    return check_int(name, value, minimum=minimum)
 
 
 def channel_mults(value: Sequence[int]) -> tuple[int, ...]:

@@ -9,7 +9,8 @@ level is reached after ``levels - 1`` downsamplings.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -38,19 +39,22 @@ class Architecture:
     def build(
         cls,
         *,
-        dims: int,
-        periodic: bool,
-        base_channels: int,
-        channel_mults: Sequence[int],
-        num_res_blocks: int,
-        attention_levels: Sequence[int] | None,
-        num_heads: int,
-        dropout: float,
-        time_embedding: str,
-        groups: int,
-        fused_attention: bool,
+        dims: int = 2,
+        periodic: bool = False,
+        base_channels: int = 32,
+        channel_mults: Sequence[int] = (1, 2, 2),
+        num_res_blocks: int = 1,
+        attention_levels: Sequence[int] | None = None,
+        num_heads: int = 4,
+        dropout: float = 0.0,
+        time_embedding: str = "sinusoidal",
+        groups: int = 8,
+        fused_attention: bool = False,
     ) -> Architecture:
-        """Validate every option, raising ValueError naming the bad one."""
+        """Validate every option, raising ValueError naming the bad one.
+
+        The defaults here are those of ``UNet`` and ``NoisyEncoder``: both take these options
+        as keyword arguments and forward them unchanged (:meth:`for_network`)."""
         mults = _checks.channel_mults(channel_mults)
         if time_embedding not in ("sinusoidal", "fourier"):
             raise ValueError(f"time_embedding must be 'sinusoidal' or 'fourier'; got {time_embedding!r}")
@@ -82,6 +86,19 @@ class Architecture:
                     f"num_heads={arch.num_heads}"
                 )
         return arch
+
+    @classmethod
+    def for_network(cls, network: str, *, dims: int, periodic: bool, options: dict[str, Any]) -> Architecture:
+        """:meth:`build` from a network's keyword options, a ValueError naming unknown ones."""
+        known = [f.name for f in fields(cls) if f.name not in ("dims", "periodic")]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ValueError(f"{network} got unknown option(s) {unknown}; its architecture options are {known}")
+        return cls.build(dims=dims, periodic=periodic, **options)
+
+    def options(self) -> dict[str, Any]:
+        """The options as :meth:`build` takes them (``build(**arch.options())`` is ``arch``)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @property
     def levels(self) -> int:

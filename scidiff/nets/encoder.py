@@ -4,7 +4,6 @@ classifiers and regressors used for guidance (Dhariwal & Nichol 2021, sec. 4).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -38,9 +37,10 @@ class NoisyEncoder(nn.Module):
     Args:
         channels, dims: as for ``UNet``.
         out_features: length of the output vector.
-        periodic, cond_dim, extra_channels, base_channels, channel_mults,
-        num_res_blocks, attention_levels, num_heads, dropout, time_embedding,
-        groups, fused_attention: as for ``UNet``.
+        periodic, cond_dim, extra_channels: as for ``UNet``.
+        **architecture: base_channels, channel_mults, num_res_blocks, attention_levels,
+            num_heads, dropout, time_embedding, groups, fused_attention, as for ``UNet``
+            (one ``scidiff.nets.backbone.Architecture`` describes both networks).
 
     Call: ``enc(x, t, cond=None, extra=None)`` with x [B, C, *spatial], t [B] (or a
     scalar); returns [B, out_features] in x's dtype.
@@ -55,34 +55,14 @@ class NoisyEncoder(nn.Module):
         periodic: bool = False,
         cond_dim: int = 0,
         extra_channels: int = 0,
-        base_channels: int = 32,
-        channel_mults: Sequence[int] = (1, 2, 2),
-        num_res_blocks: int = 1,
-        attention_levels: Sequence[int] | None = None,
-        num_heads: int = 4,
-        dropout: float = 0.0,
-        time_embedding: str = "sinusoidal",
-        groups: int = 8,
-        fused_attention: bool = False,
+        **architecture: Any,
     ) -> None:
         super().__init__()
         self.channels = _checks.positive_int("channels", channels)
         self.out_features = _checks.positive_int("out_features", out_features)
         self.cond_dim = _checks.positive_int("cond_dim", cond_dim, minimum=0)
         self.extra_channels = _checks.positive_int("extra_channels", extra_channels, minimum=0)
-        self.arch = arch = Architecture.build(
-            dims=dims,
-            periodic=periodic,
-            base_channels=base_channels,
-            channel_mults=channel_mults,
-            num_res_blocks=num_res_blocks,
-            attention_levels=attention_levels,
-            num_heads=num_heads,
-            dropout=dropout,
-            time_embedding=time_embedding,
-            groups=groups,
-            fused_attention=fused_attention,
-        )
+        self.arch = arch = Architecture.for_network(type(self).__name__, dims=dims, periodic=periodic, options=architecture)
         self.embedding = Embedding(
             arch.emb_dim, feature_dim=arch.base_channels, time_embedding=arch.time_embedding, cond_dim=self.cond_dim
         )
@@ -95,23 +75,15 @@ class NoisyEncoder(nn.Module):
     @property
     def config(self) -> dict[str, Any]:
         """The constructor arguments: ``NoisyEncoder(**enc.config)`` builds the same architecture."""
-        a = self.arch
+        options = self.arch.options()
         return {
             "channels": self.channels,
-            "dims": a.dims,
+            "dims": options.pop("dims"),
             "out_features": self.out_features,
-            "periodic": a.periodic,
+            "periodic": options.pop("periodic"),
             "cond_dim": self.cond_dim,
             "extra_channels": self.extra_channels,
-            "base_channels": a.base_channels,
-            "channel_mults": a.channel_mults,
-            "num_res_blocks": a.num_res_blocks,
-            "attention_levels": a.attention_levels,
-            "num_heads": a.num_heads,
-            "dropout": a.dropout,
-            "time_embedding": a.time_embedding,
-            "groups": a.groups,
-            "fused_attention": a.fused_attention,
+            **options,
         }
 
     def forward(self, x: Tensor, t: Tensor | float, cond: Tensor | None = None, extra: Tensor | None = None) -> Tensor:

@@ -18,6 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from scidiff.nets.encoder import NoisyEncoder
 from scidiff.nets.unet import UNet
+from scidiff._validate import check_int
 
 
 def count_parameters(module: nn.Module, *, trainable_only: bool = False) -> int:
@@ -157,8 +158,7 @@ def summary(
     of one forward at input ``shape`` (see ``estimate_flops``) and output shape,
     followed by the totals.  Returns the table as a string (print it).
     """
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-        raise ValueError(f"depth must be an integer >= 1; got {depth!r}")
+    check_int("depth", depth)
     rows = _rows(net, depth)
     out_shapes: dict[str, str] = {}
 

@@ -7,7 +7,6 @@ Models", with the adaptive GroupNorm conditioning of Dhariwal & Nichol (2021),
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -73,6 +72,8 @@ class UNet(nn.Module):
         cond_dim: length of the conditioning vector (simulator parameters); 0 for none.
         extra_channels: number of extra input fields (forcing, masks, coordinates)
             concatenated to x as channels; they are inputs only, not predicted.
+        **architecture: the options below, shared with ``NoisyEncoder`` and validated by
+            ``scidiff.nets.backbone.Architecture`` (defaults declared there once).
         base_channels: width of the first level (must be even).
         channel_mults: width multiplier of each level; its length is the number of levels.
         num_res_blocks: residual blocks per level on the down path (one more on the up path).
@@ -101,33 +102,13 @@ class UNet(nn.Module):
         periodic: bool = False,
         cond_dim: int = 0,
         extra_channels: int = 0,
-        base_channels: int = 32,
-        channel_mults: Sequence[int] = (1, 2, 2),
-        num_res_blocks: int = 1,
-        attention_levels: Sequence[int] | None = None,
-        num_heads: int = 4,
-        dropout: float = 0.0,
-        time_embedding: str = "sinusoidal",
-        groups: int = 8,
-        fused_attention: bool = False,
+        **architecture: Any,
     ) -> None:
         super().__init__()
         self.channels = _checks.positive_int("channels", channels)
         self.cond_dim = _checks.positive_int("cond_dim", cond_dim, minimum=0)
         self.extra_channels = _checks.positive_int("extra_channels", extra_channels, minimum=0)
-        self.arch = arch = Architecture.build(
-            dims=dims,
-            periodic=periodic,
-            base_channels=base_channels,
-            channel_mults=channel_mults,
-            num_res_blocks=num_res_blocks,
-            attention_levels=attention_levels,
-            num_heads=num_heads,
-            dropout=dropout,
-            time_embedding=time_embedding,
-            groups=groups,
-            fused_attention=fused_attention,
-        )
+        self.arch = arch = Architecture.for_network(type(self).__name__, dims=dims, periodic=periodic, options=architecture)
         self.embedding = Embedding(
             arch.emb_dim, feature_dim=arch.base_channels, time_embedding=arch.time_embedding, cond_dim=self.cond_dim
         )
@@ -174,22 +155,14 @@ class UNet(nn.Module):
     @property
     def config(self) -> dict[str, Any]:
         """The constructor arguments: ``UNet(**net.config)`` builds the same architecture."""
-        a = self.arch
+        options = self.arch.options()
         return {
             "channels": self.channels,
-            "dims": a.dims,
-            "periodic": a.periodic,
+            "dims": options.pop("dims"),
+            "periodic": options.pop("periodic"),
             "cond_dim": self.cond_dim,
             "extra_channels": self.extra_channels,
-            "base_channels": a.base_channels,
-            "channel_mults": a.channel_mults,
-            "num_res_blocks": a.num_res_blocks,
-            "attention_levels": a.attention_levels,
-            "num_heads": a.num_heads,
-            "dropout": a.dropout,
-            "time_embedding": a.time_embedding,
-            "groups": a.groups,
-            "fused_attention": a.fused_attention,
+            **options,
         }
 
     def forward(self, x: Tensor, t: Tensor | float, cond: Tensor | None = None, extra: Tensor | None = None) -> Tensor:

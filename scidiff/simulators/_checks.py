@@ -7,13 +7,12 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+from scidiff._validate import check_int
 
 
 def check_size(size: object, *, name: str = "size", minimum: int = 2) -> int:
     """Return ``size`` as an int, or raise ValueError if it is not an integer >= ``minimum``."""
-    if isinstance(size, bool) or not isinstance(size, int) or size < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {size!r}.")
-    return size
+    return check_int(name, size, minimum=minimum)
 
 
 def check_dims(dims: object, *, allowed: Sequence[int] = (1, 2, 3)) -> int:

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
+from scidiff._validate import check_int, check_number
 
 __all__ = ["TrainConfig"]
 
@@ -157,21 +158,10 @@ class TrainConfig:
 
 
 def _int(cfg: TrainConfig, name: str, *, minimum: int) -> None:
-    value = getattr(cfg, name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"TrainConfig.{name} must be an integer >= {minimum}; got {value!r}")
+    check_int(f"TrainConfig.{name}", getattr(cfg, name), minimum=minimum)
 
 
 def _float(
     cfg: TrainConfig, name: str, *, low: float, high: float = math.inf, low_open: bool = False
 ) -> None:
-    value = getattr(cfg, name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"TrainConfig.{name} must be a number; got {value!r}")
-    value = float(value)
-    ok = math.isfinite(value) and (value > low if low_open else value >= low) and value < high
-    if not ok:
-        left = "(" if low_open else "["
-        right = ")" if math.isfinite(high) else ")"
-        raise ValueError(f"TrainConfig.{name} must lie in {left}{low}, {high}{right}; got {value!r}")
-    setattr(cfg, name, value)
+    setattr(cfg, name, check_number(f"TrainConfig.{name}", getattr(cfg, name), low=low, high=high, low_open=low_open))

@@ -41,6 +41,7 @@ from scidiff.training.config import TrainConfig
 from scidiff.training.distributed import DistContext, setup
 from scidiff.training.ema import EMA
 from scidiff.training.losses import ddpm_loss, dsm_loss
+from scidiff._progress import progress_bar
 
 __all__ = ["Trainer", "TrainResult", "train", "lr_at", "ddpm_for"]
 
@@ -290,11 +291,7 @@ class Trainer:
         self.model.train()
         dtype = next(self.model.parameters()).dtype
         show = progress and self.dist.is_main
-        bar = None
-        if show and end > self.step:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=end, initial=self.step, desc="train", dynamic_ncols=True)
+        bar = progress_bar(end, "train", enabled=show and end > self.step, initial=self.step)
         # running [loss sum, grad-norm sum, count] since the last history entry (kept in checkpoints)
         stats = self._pending.to(self.device).clone()
         position = self.data_position if self.data_position is not None else source.start_position(self.step)
@@ -318,19 +315,16 @@ class Trainer:
                 if entry:
                     entry = {"step": self.step, **entry}
                     self.history.append(entry)
-                    if bar is not None:
-                        bar.set_postfix({k: f"{v:.4g}" for k, v in entry.items() if k in ("loss", "val_loss")})
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in entry.items() if k in ("loss", "val_loss")})
                     if callback is not None and self.dist.is_main:
                         callback(self, entry)
                 due = cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
                 if self.run_dir is not None and (due or self.step == end):
                     self._pending = self._gather_pending(stats)
                     self.save()
-                if bar is not None:
-                    bar.update(1)
+                bar.update(1)
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
         self._pending = stats.detach().clone()
         self.dist.barrier()
         return self.history
