@@ -46,6 +46,7 @@ def _numbers(obj) -> list[float]:
     return [v for x in obj for v in _numbers(x)]
 
 
+@pytest.mark.slow
 def test_quick_run_has_every_section_with_finite_figures(quick_run: dict) -> None:
     sections = quick_run["sections"]
     assert set(sections) == set(SECTIONS)
@@ -64,6 +65,7 @@ def test_quick_run_has_every_section_with_finite_figures(quick_run: dict) -> Non
     assert len(m["load_average_start"]) == 3 and len(m["load_average_end"]) == 3
 
 
+@pytest.mark.slow
 def test_quick_run_counts_the_promised_evaluations(quick_run: dict) -> None:
     rows = quick_run["sections"]["overhead"]["rows"]
     steps = 8  # the quick run's step budget
@@ -128,7 +130,6 @@ def test_scoresde_baseline_matches_closed_form_density() -> None:
 def test_grf_bits_per_dim_account_for_the_normalisation() -> None:
     """GRFData.exact_bpd(z) is -log N(std z; 0, C) / (D ln 2) with the dense covariance, and the
     log-Jacobian turns a density of z into one of x: log p_x(x) = log p_z(z) + log|dz/dx|."""
-    pytest.importorskip("scidiff.simulators.grf")
     from bench_accuracy import GRFData
 
     data = GRFData(4)

@@ -147,9 +147,6 @@ def test_data_info_reads_plain_hdf5(workdir: Path, capsys: pytest.CaptureFixture
 
 
 def test_data_make_writes_a_builtin_dataset(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    simulators = pytest.importorskip("scidiff.simulators")
-    if not hasattr(simulators, "make"):
-        pytest.skip("scidiff.simulators.make is not available")
     out = workdir / "grf.nc"
     assert run_cli("data", "make", "grf", "--n", "5", "--size", "8", "--seed", "3", "--out", str(out)) == 0
     assert str(out) in capsys.readouterr().out
@@ -210,7 +207,7 @@ def test_train_config_file_then_command_line_override(workdir: Path, data_file: 
 # ---- sample --------------------------------------------------------------------------------------
 def test_sample_writes_fields_like_the_data(zero_run: Path, data_file: Path, workdir: Path) -> None:
     out = workdir / "samples.nc"
-    assert run_cli("sample", str(zero_run), "--n", "64", "--seed", "1", "--rtol", "1e-6", "--atol", "1e-6",
+    assert run_cli("sample", str(zero_run), "--n", "64", "--seed", "1", "--method", "ode", "--rtol", "1e-6", "--atol", "1e-6",
                    "--out", str(out)) == 0
     with xr.open_dataset(out) as ds, xr.open_dataset(data_file) as src:
         assert list(ds.data_vars) == ["T"]
@@ -296,7 +293,7 @@ def test_evaluate_data_against_itself_is_exact(zero_run: Path, data_file: Path, 
 
 def test_evaluate_draws_samples_and_measures_their_spread(zero_run: Path, data_file: Path, workdir: Path) -> None:
     out = workdir / "eval_model"
-    assert run_cli("evaluate", str(zero_run), "--data", str(data_file), "--n", "16", "--rtol", "1e-4",
+    assert run_cli("evaluate", str(zero_run), "--data", str(data_file), "--n", "16", "--method", "ode", "--rtol", "1e-4",
                    "--atol", "1e-4", "--out", str(out)) == 0
     entry = json.loads((out / "metrics.json").read_text())["channels"]["T"]
     _, std = _normaliser_stats(data_file)

@@ -24,9 +24,6 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    simulators = pytest.importorskip("scidiff.simulators")
-    if not hasattr(simulators, "make"):
-        pytest.skip("scidiff.simulators.make is not available")
     folder = tmp_path_factory.mktemp("demo") / "scidiff-demo"
     import contextlib
     import io

@@ -1,5 +1,8 @@
 """Every script in examples/ runs end to end at a tiny size and writes what its docstring promises.
 
+Each script runs in a subprocess: these are marked ``slow`` (``pytest -m "not slow"`` skips
+them; the default run keeps them).
+
 These are smoke tests of the scripts (tiny budgets, so no accuracy is asserted of the trained
 models); the exact reference quantities the scripts print are checked where they have a
 closed-form meaning.
@@ -37,6 +40,7 @@ def test_every_example_has_a_test():
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
+@pytest.mark.slow
 def test_parameter_inference(tmp_path):
     _run("parameter_inference.py", "--size", "8", "--n-train", "256", "--steps", "20", "--batch-size", "16",
          "--n-test", "3", "--grid-step", "0.5", "--out", str(tmp_path))
@@ -53,6 +57,7 @@ def test_parameter_inference(tmp_path):
     assert (tmp_path / "model" / "model.pt").is_file()
 
 
+@pytest.mark.slow
 def test_emulate_at_new_parameters(tmp_path):
     _run("emulate_at_new_parameters.py", "--size", "8", "--n-train", "128", "--steps", "20",
          "--sampler-steps", "10", "--n-samples", "8", "--out", str(tmp_path))
@@ -62,6 +67,7 @@ def test_emulate_at_new_parameters(tmp_path):
     assert (tmp_path / "emulated_spectra.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_sensor_reconstruction(tmp_path):
     _run("sensor_reconstruction.py", "--size", "16", "--n-train", "256", "--max-steps", "20", "--samples", "19",
          "--steps", "10", "--out", str(tmp_path))
@@ -73,6 +79,7 @@ def test_sensor_reconstruction(tmp_path):
         assert (tmp_path / name).stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_load_your_own_file(tmp_path):
     _run("load_your_own_file.py", "--n", "64", "--size", "8", "--steps", "10", "--out", str(tmp_path))
     ds = xr.open_dataset(tmp_path / "ocean_samples.nc", engine="h5netcdf")
@@ -92,6 +99,7 @@ def demo_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_likelihood_ranking(tmp_path, demo_run):
     _run("likelihood_ranking.py", "--run", str(demo_run), "--n-calibration", "8", "--n-per-kind", "2",
          "--rtol", "1e-3", "--out", str(tmp_path))

@@ -20,6 +20,7 @@ import torch
 import scidiff as sd
 from scidiff.analytic import GaussianMixture
 from scidiff.guidance import ClassifierGuidance, DPSGuidance
+from scidiff.simulators.heat import HeatEquation
 from scidiff.operators import CoarseGrain, Lambda, Mask, MatrixOperator, SparseSensors, Subsample, random_sensors
 
 N = 4000  # posterior samples per sampler
@@ -438,9 +439,8 @@ def test_exact_guidance_on_the_heat_equation_posterior():
     within 5 standard errors per pixel and every Fourier mode's variance within 5 standard errors.
     (The ancestral sampler with 300 uniform steps under-disperses the smallest-variance modes of
     this prior by up to ~25 % even without guidance, so the PF-ODE is used here.)"""
-    heat_mod = pytest.importorskip("scidiff.simulators.heat")
     n, s_y, n_samples = 8, 0.05, 1000
-    heat = heat_mod.HeatEquation(n, 2, kappa=0.01, tau=0.1)
+    heat = HeatEquation(n, 2, kappa=0.01, tau=0.1)
     grf = heat.grf
     sde = sd.VPSDE()
     lam = grf.spectrum(half=False)  # [n, n] full grid, fftn order

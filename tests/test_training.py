@@ -441,6 +441,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.slow
 def test_ddp_two_ranks_end_with_identical_weights(tmp_path: Path) -> None:
     """torchrun with 2 gloo ranks (different initial weights, different data shards and noise):
     DDP broadcasts rank 0's weights and all-reduces gradients, so both end identical."""

@@ -38,7 +38,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=4)
     args = parser.parse_args(argv)
 
-    import scidiff as sd
+    from scidiff.models import ScoreModel
+    from scidiff.nets import UNet
+    from scidiff.sde import VPSDE
     from scidiff.training import TrainConfig, train
 
     out = Path(args.out)
@@ -47,8 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     # every rank builds its own initial weights (different seeds): DDP must broadcast rank 0's
     torch.manual_seed(1234 + rank)
-    net = sd.UNet(1, 1, base_channels=8, channel_mults=(1, 2), groups=4)
-    model = sd.ScoreModel(net, sd.VPSDE())
+    net = UNet(1, 1, base_channels=8, channel_mults=(1, 2), groups=4)
+    model = ScoreModel(net, VPSDE())
     initial = weights_sha256(model) if rank == 0 else None
     fields = torch.randn(32, 1, 16, generator=torch.Generator().manual_seed(0))
     config = TrainConfig(steps=args.steps, batch_size=8, lr=1e-3, warmup_steps=1, ema_decay=0.9, log_every=2,
