@@ -18,15 +18,21 @@ from pathlib import Path
 from typing import Any
 
 MODULES = [
-    ("Mathematics", ["scidiff.schedules", "scidiff.sde", "scidiff.ddpm", "scidiff.models", "scidiff.analytic"]),
+    ("Mathematics", ["scidiff.schedules", "scidiff.parameterisation", "scidiff.sde", "scidiff.ddpm", "scidiff.models",
+                     "scidiff.analytic"]),
     ("Sampling and likelihoods", ["scidiff.sampling", "scidiff.likelihood"]),
-    ("Guidance, conditioning, inference", ["scidiff.guidance", "scidiff.conditional", "scidiff.inference",
-                                           "scidiff.operators"]),
+    ("Guidance, conditioning, inference", ["scidiff.guidance", "scidiff.inference"]),
     ("Networks", ["scidiff.nets"]),
     ("Data, simulators, training", ["scidiff.data", "scidiff.simulators", "scidiff.training", "scidiff.checkpoint"]),
     ("Metrics and figures", ["scidiff.metrics", "scidiff.plots"]),
-    ("Command line", ["scidiff.cli", "scidiff.demo"]),
+    ("Runs and the command line", ["scidiff.runs", "scidiff.cli", "scidiff.demo"]),
 ]
+
+# modules that only gather names defined elsewhere (kept for their short import paths)
+REEXPORTS = {
+    "scidiff.operators": ["scidiff.guidance.operators"],
+    "scidiff.conditional": ["scidiff.guidance.cfg", "scidiff.training.condition_dropout"],
+}
 
 HEADER = """# API reference
 
@@ -126,7 +132,14 @@ def render() -> str:
     import scidiff
 
     rows = [f"| `sd.{name}` | `{scidiff._EXPORTS[name]}` |" for name in scidiff.__all__ if name in scidiff._EXPORTS]
-    out = [HEADER.rstrip("\n"), *rows, "", "`sd.__version__` is the version string.", ""]
+    submodules = ", ".join(f"`sd.{name}`" for name in sorted(scidiff._SUBMODULES))
+    out = [HEADER.rstrip("\n"), *rows, "", "`sd.__version__` is the version string.", "",
+           f"The submodules reachable as attributes (imported on first use): {submodules}.", ""]
+    for short, homes in REEXPORTS.items():
+        names = ", ".join(f"`{n}`" for n in importlib.import_module(short).__all__)
+        where = " and ".join(f"`{h}`" for h in homes)
+        documented = " and ".join(dict.fromkeys(f"`{'.'.join(h.split('.')[:2])}`" for h in homes))
+        out += [f"`{short}` gathers {names} from {where} (documented under {documented}).", ""]
     for title, modules in MODULES:
         out += [f"## {title}", ""]
         for module_name in modules:

@@ -46,6 +46,4 @@ __all__ = [
     "read_fields",
     "write_table",
     "SAMPLER_OPTIONS",
-    "RUN_FILE",
-    "CONFIG_FILE",
 ]
