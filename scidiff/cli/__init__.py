@@ -4,7 +4,7 @@
     scidiff data make NAME --n N --size S --out FILE.nc
     scidiff data list | scidiff data info FILE
     scidiff train --data FILE --var NAME[,NAME] [--cond P,...] --out RUN [--config FILE.toml]
-    scidiff sample RUN --n N [--method ode|ancestral|euler_maruyama|pc] [--cond theta=...] --out FILE.nc
+    scidiff sample RUN --n N [--method NAME --steps N] [--cond theta=...] --out FILE.nc
     scidiff loglik RUN --data FILE [--divergence exact|hutchinson] --out FILE.nc|csv
     scidiff evaluate RUN --data FILE [--samples FILE.nc] [--out DIR]
 

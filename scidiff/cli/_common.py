@@ -124,32 +124,37 @@ def add_common(p: argparse.ArgumentParser, *, seed: bool = True, device: bool = 
     g.add_argument("--debug", action="store_true", help="show the full traceback of an error")
 
 
-SAMPLER_METHODS = ["ode", "ancestral", "euler_maruyama", "pc"]
+def _sampler_registry() -> tuple[dict[str, Any], Any, str]:
+    from scidiff.sampling import DEFAULT_METHOD, SAMPLERS, sampler_options
+
+    return SAMPLERS, sampler_options(), DEFAULT_METHOD
 
 
 def add_sampler_options(p: argparse.ArgumentParser) -> None:
-    """--method and the options of the samplers (see docs/samplers.md)."""
+    """--method and the options of the samplers, read from the sampler registry (see docs/samplers.md)."""
+    samplers, options, default = _sampler_registry()
     g = p.add_argument_group("sampler (see docs/samplers.md)")
     g.add_argument(
-        "--method", default="ode", choices=SAMPLER_METHODS,
-        help="ode: probability-flow ODE (adaptive, deterministic); ancestral: DDPM steps; "
-        "euler_maruyama: reverse SDE; pc: predictor-corrector",
+        "--method", default=default, choices=list(samplers),
+        help="; ".join(f"{name}: {cls.summary}" for name, cls in samplers.items()) + f" (default: {default})",
     )
-    g.add_argument("--steps", type=positive_int, default=None,
-                   help="steps of ancestral / euler_maruyama / pc (defaults 1000 / 1000 / 500)")
-    g.add_argument("--rtol", type=float, default=None, help="ODE relative tolerance (default 1e-5)")
-    g.add_argument("--atol", type=float, default=None, help="ODE absolute tolerance (default 1e-5)")
-    g.add_argument("--t-min", type=float, default=None, help="smallest diffusion time (default 1e-3)")
-    g.add_argument("--time-variable", choices=["logsnr", "t", "sigma"], default=None,
-                   help="ODE integration variable (default logsnr)")
+    for name, opt in options.items():
+        if opt.type is bool:
+            continue
+        kind = positive_int if opt.type is int else opt.type
+        shown = {m: f"{v:g}" if isinstance(v, float) else str(v) for m, v in opt.default.items() if v is not None}
+        if len(set(shown.values())) == 1 and len(shown) > 1:
+            defaults = f"{', '.join(shown)}; default {next(iter(shown.values()))}"
+        else:
+            defaults = "defaults: " + ", ".join(f"{m} {v}" for m, v in shown.items())
+        g.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, choices=opt.choices,
+                       help=f"{opt.help} ({defaults})")
 
 
 def sampler_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The sampler options of :func:`add_sampler_options` as keyword arguments of ``runs.sample``."""
-    return {
-        "steps": args.steps, "rtol": args.rtol, "atol": args.atol, "t_min": args.t_min,
-        "time_variable": args.time_variable,
-    }
+    _, options, _ = _sampler_registry()
+    return {name: getattr(args, name) for name in options if hasattr(args, name)}
 
 
 # ---- printing and checks ----------------------------------------------------------------------

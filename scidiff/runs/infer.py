@@ -27,6 +27,7 @@ from scidiff.data import DataError, FieldChunk, FieldSource, loglik_to_dataset, 
 from scidiff.data import fields_to_dataset
 from scidiff.likelihood import log_likelihood
 from scidiff.runs.run import LoadedModel, Run
+from scidiff.sampling import SAMPLERS, sampler_options
 from scidiff.sampling import sample as draw
 
 __all__ = ["sample", "loglik", "as_loaded", "open_like_run", "read_fields", "write_table", "SAMPLER_OPTIONS"]
@@ -59,13 +60,8 @@ def _theta_matrix(run: Run, values: Mapping[str, float], n: int) -> Tensor | Non
     return row[None].expand(n, -1).clone()
 
 
-SAMPLER_OPTIONS: dict[str, set[str]] = {
-    "ode": {"steps", "rtol", "atol", "t_min", "time_variable", "ode_method"},
-    "ancestral": {"steps"},
-    "euler_maruyama": {"steps", "t_min"},
-    "pc": {"steps", "t_min", "snr", "corrector_steps"},
-}
-"""The options each sampling method of :func:`sample` takes (others are refused by name)."""
+SAMPLER_OPTIONS: dict[str, set[str]] = {name: set(sampler_options(name)) for name in SAMPLERS}
+"""The options each sampling method of :func:`sample` takes (others are refused by name), from the sampler registry."""
 
 
 def _sampler_options(method: str, options: Mapping[str, Any]) -> dict[str, Any]:

@@ -37,8 +37,9 @@ SAMPLERS: dict[str, type[Sampler]] = {
     for cls in (Ancestral, EulerMaruyama, PredictorCorrector, DDIM, DPMSolverPP2M, DPMSolverPP3M, Heun, ProbabilityFlowODE)
 }
 
-#: The command line's default sampler and its size, chosen from the measurements in docs/samplers.md.
-DEFAULT_METHOD: tuple[str, dict[str, Any]] = ("dpmpp_2m", {"steps": 20})
+#: The command line's default sampler (at its class's ``default_steps``), chosen from the
+#: measurements in docs/samplers.md.
+DEFAULT_METHOD: str = "dpmpp_2m"
 
 # the help of each option, shared by every sampler that takes it
 _HELP: dict[str, str] = {
@@ -108,8 +109,8 @@ def sampler_options(method: str | None = None) -> dict[str, SamplerOption]:
             key = "ode_method" if (name == "ode" and p.name == "method") else p.name
             entry = found.setdefault(key, {"default": {}, "methods": [], "type": None})
             default = p.default
-            if p.name == "steps" and default is None:
-                default = getattr(SAMPLERS[name], "default_steps", None)
+            if default is None and p.name in ("steps", "grid"):  # the class's own default
+                default = getattr(SAMPLERS[name], f"default_{p.name}", None)
             entry["default"][name] = default
             entry["methods"].append(name)
             if default is not None and entry["type"] is None:
