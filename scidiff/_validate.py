@@ -8,8 +8,9 @@ inside a loop.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 
-__all__ = ["check_int", "check_number"]
+__all__ = ["check_int", "check_number", "check_options"]
 
 
 def check_int(name: str, value: object, *, minimum: int = 1, maximum: int | None = None) -> int:
@@ -46,3 +47,13 @@ def check_number(
         right = ")" if high_open else "]"
         raise ValueError(f"{name} must lie in {left}{low}, {high}{right}; got {value!r}")
     return v
+
+
+def check_options(source: str, given: object, known: Iterable[str], *, what: str = "option") -> None:
+    """Raise unless ``given`` is a mapping whose keys are all ``known``; the message names ``source``,
+    the unknown keys and the known ones (``what`` words them, e.g. "training option")."""
+    if not isinstance(given, Mapping):
+        raise TypeError(f"{source} must be a table/dict of {what}s, got {type(given).__name__}")
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise ValueError(f"{source} has unknown {what}(s) {unknown}; known {what}s are {sorted(known)}")

@@ -5,30 +5,8 @@ The format and the folder of a run's checkpoints are defined in
 and atomic writing in ``scidiff._atomic``; this module gathers the public names.
 """
 
-from scidiff.nets.registry import NetSpecError, build_net, net_spec
-from scidiff.training.checkpoint import (
-    Checkpoint,
-    CheckpointError,
-    CheckpointFolder,
-    CheckpointNotFoundError,
-    load_checkpoint,
-    load_model,
-    load_weights,
-    resolve_checkpoint,
-    save_checkpoint,
-)
+from scidiff.nets.registry import NetSpecError
+from scidiff.training import checkpoint as _format
+from scidiff.training.checkpoint import *  # noqa: F403 - the names of _format.__all__
 
-__all__ = [
-    "Checkpoint",
-    "CheckpointError",
-    "CheckpointNotFoundError",
-    "CheckpointFolder",
-    "save_checkpoint",
-    "load_checkpoint",
-    "load_model",
-    "load_weights",
-    "resolve_checkpoint",
-    "net_spec",
-    "build_net",
-    "NetSpecError",
-]
+__all__ = [*_format.__all__, "NetSpecError"]

@@ -5,15 +5,7 @@ differentiates through them; this module keeps the short import path
 ``from scidiff.operators import SparseSensors``.
 """
 
-from scidiff.guidance.operators import (
-    CoarseGrain,
-    Lambda,
-    Mask,
-    MatrixOperator,
-    Operator,
-    SparseSensors,
-    Subsample,
-    random_sensors,
-)
+from scidiff.guidance import operators as _operators
+from scidiff.guidance.operators import *  # noqa: F403 - the names of _operators.__all__
 
-__all__ = ["Operator", "SparseSensors", "Mask", "Subsample", "CoarseGrain", "MatrixOperator", "Lambda", "random_sensors"]
+__all__ = list(_operators.__all__)

@@ -32,7 +32,8 @@ from scidiff.guidance.cfg import ClassifierFreeGuidance, condition, conditional_
 from scidiff.guidance.classifier import ClassifierGuidance
 from scidiff.guidance.dps import DPSGuidance
 from scidiff.guidance.noisy import NoisyClassifier, NoisyRegressor, train_noisy_classifier, train_noisy_regressor
-from scidiff.guidance.operators import CoarseGrain, Lambda, Mask, MatrixOperator, Operator, SparseSensors, Subsample
+from scidiff.guidance import operators as _operators
+from scidiff.guidance.operators import *  # noqa: F403 - the names of _operators.__all__
 
 __all__ = [
     "GuidedScore",
@@ -42,13 +43,7 @@ __all__ = [
     "condition",
     "null_condition",
     "conditional_score",
-    "Operator",
-    "SparseSensors",
-    "Mask",
-    "Subsample",
-    "CoarseGrain",
-    "MatrixOperator",
-    "Lambda",
+    *_operators.__all__,
     "NoisyRegressor",
     "NoisyClassifier",
     "train_noisy_regressor",

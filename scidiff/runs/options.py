@@ -20,6 +20,7 @@ from typing import Any
 
 from scidiff._atomic import write_text_atomically
 from scidiff._toml import read_toml, toml_table
+from scidiff._validate import check_options
 from scidiff.models import ScoreModel
 from scidiff.nets import UNet
 from scidiff.sde import VPSDE
@@ -130,12 +131,10 @@ class ModelOptions:
 
 
 def _from_table(cls: type, table: Any, where: str) -> Any:
-    if not isinstance(table, dict):
-        raise ValueError(f"{where} must be a table of options, got {type(table).__name__}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(table) - known)
-    if unknown:
-        raise ValueError(f"{where} has unknown option(s) {unknown}; known options are {sorted(known)}")
+    try:
+        check_options(where, table, [f.name for f in fields(cls)])
+    except TypeError as err:
+        raise ValueError(str(err)) from None
     return cls(**table)
 
 

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
-from scidiff._validate import check_int, check_number
+from scidiff._validate import check_int, check_number, check_options
 
 __all__ = ["TrainConfig"]
 
@@ -128,12 +128,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, source: str = "the configuration") -> "TrainConfig":
         """Build from a dict; unknown keys raise a ValueError naming them and ``source``."""
-        if not isinstance(d, dict):
-            raise TypeError(f"{source} must be a table/dict of options, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"{source} has unknown training option(s) {unknown}; known options are {sorted(known)}")
+        check_options(source, d, [f.name for f in fields(cls)], what="training option")
         return cls(**d)
 
     def replace(self, **changes: Any) -> "TrainConfig":
