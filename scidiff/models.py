@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import torch
 from torch import Tensor, nn
 
 from scidiff.parameterisation import batch_time, convert

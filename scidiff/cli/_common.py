@@ -8,6 +8,10 @@ from typing import Any
 
 __all__ = [
     "Formatter",
+    "subcommand",
+    "finish",
+    "add_run_argument",
+    "open_run",
     "names",
     "ints",
     "positive_int",
@@ -108,6 +112,31 @@ def assignments(items: list[str] | None, *, what: str = "--cond") -> dict[str, f
             except ValueError:
                 raise ValueError(f"{what} {name.strip()}: {value!r} is not a number") from None
     return out
+
+
+# ---- building a subcommand ----------------------------------------------------------------------
+def subcommand(sub: argparse._SubParsersAction, name: str, *, help: str, description: str) -> argparse.ArgumentParser:
+    """A new subcommand parser with the shared formatter."""
+    return sub.add_parser(name, formatter_class=Formatter, help=help, description=description)
+
+
+def finish(p: argparse.ArgumentParser, func: Any, **common: Any) -> argparse.ArgumentParser:
+    """Add the general options (:func:`add_common`, with ``common``) and the function that runs ``p``."""
+    add_common(p, **common)
+    p.set_defaults(func=func)
+    return p
+
+
+def add_run_argument(p: argparse.ArgumentParser) -> None:
+    """The positional RUN folder."""
+    p.add_argument("run", help="the run folder written by `scidiff train`")
+
+
+def open_run(args: argparse.Namespace) -> Any:
+    """The run of ``args.run``, loaded on ``args.device`` (a :class:`scidiff.runs.LoadedModel`)."""
+    from scidiff.runs import Run
+
+    return Run.open(args.run).load(device=args.device)
 
 
 # ---- options shared by several subcommands ----------------------------------------------------

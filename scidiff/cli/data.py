@@ -7,18 +7,18 @@ import os
 from pathlib import Path
 from typing import Any
 
-from scidiff.cli._common import Formatter, add_common, params, positive_int, say, show_progress
+from scidiff.cli._common import finish, params, positive_int, say, show_progress, subcommand
 
 __all__ = ["add_parser", "describe_file"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("data", formatter_class=Formatter, help="make a built-in dataset, or describe a file",
-                       description="Built-in datasets and file inspection.")
+    p = subcommand(sub, "data", help="make a built-in dataset, or describe a file",
+                   description="Built-in datasets and file inspection.")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
     dsub.required = True
-    q = dsub.add_parser(
-        "make", formatter_class=Formatter, help="generate a built-in dataset as netCDF",
+    q = subcommand(
+        dsub, "make", help="generate a built-in dataset as netCDF",
         description="Generate N fields of a built-in simulator (see `scidiff data list`) and write them "
         "as a netCDF file with coordinates, units and the parameters used.\n\n"
         "example: scidiff data make grf --n 512 --size 32 --param slope=2:4 --out grf.nc",
@@ -29,20 +29,17 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     q.add_argument("--param", action="append", metavar="NAME=VALUE",
                    help="a simulator option (repeatable); NAME=LOW:HIGH draws it per field from that range")
     q.add_argument("--out", required=True, help="the netCDF file to write")
-    add_common(q, device=False)
-    q.set_defaults(func=run_make)
-    q = dsub.add_parser("list", formatter_class=Formatter, help="list the built-in datasets",
-                        description="List the built-in simulators `scidiff data make` knows.")
-    add_common(q, seed=False, device=False)
-    q.set_defaults(func=run_list)
-    q = dsub.add_parser(
-        "info", formatter_class=Formatter, help="describe a netCDF / HDF5 file",
+    finish(q, run_make, device=False)
+    q = subcommand(dsub, "list", help="list the built-in datasets",
+                   description="List the built-in simulators `scidiff data make` knows.")
+    finish(q, run_list, seed=False, device=False)
+    q = subcommand(
+        dsub, "info", help="describe a netCDF / HDF5 file",
         description="Print the dims, coordinates, variables (shape, dtype, units) and attributes of a "
         "netCDF or HDF5 file, and a `scidiff train` command line for it.",
     )
     q.add_argument("file", help="a netCDF or HDF5 file")
-    add_common(q, seed=False, device=False)
-    q.set_defaults(func=run_info)
+    finish(q, run_info, seed=False, device=False)
     return p
 
 

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from scidiff.cli._common import Formatter, add_common, positive_int, show_progress
+from scidiff.cli._common import finish, positive_int, show_progress, subcommand
 
 __all__ = ["add_parser", "run"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser(
-        "demo", formatter_class=Formatter,
-        help="generate a Gaussian random field dataset, train, sample, evaluate likelihoods, write a report",
+    p = subcommand(
+        sub, "demo", help="generate a Gaussian random field dataset, train, sample, evaluate likelihoods, write a report",
         description="The whole path on a CPU in a few minutes: a built-in Gaussian random field "
         "dataset (whose exact density is known), a small UNet trained with EMA, samples by the "
         "probability-flow ODE, log-likelihoods of held-out fields against the exact ones, and a "
@@ -21,9 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--out", default="scidiff-demo", help="the run folder to write (replaced if it is a demo folder)")
     p.add_argument("--fast", action="store_true", help="tiny data and a few training steps (about a minute): a smoke test")
     p.add_argument("--steps", type=positive_int, default=None, help="training steps (default 1500; 60 with --fast)")
-    add_common(p)
-    p.set_defaults(func=run)
-    return p
+    return finish(p, run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,38 +6,36 @@ import argparse
 from pathlib import Path
 
 from scidiff.cli._common import (
-    Formatter, add_common, add_sampler_options, positive_int, sampler_kwargs, say, show_progress,
+    add_run_argument, add_sampler_options, finish, open_run, positive_int, sampler_kwargs, say, show_progress,
+    subcommand,
 )
 
 __all__ = ["add_parser", "run"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser(
-        "evaluate", formatter_class=Formatter, help="sample-quality metrics and figures against data",
+    p = subcommand(
+        sub, "evaluate", help="sample-quality metrics and figures against data",
         description="Compare a run's samples with data fields: power-spectrum error, Wasserstein-1 "
         "distance of the value histograms and moments per channel; writes metrics.json and PNG figures "
         "(samples beside data, spectra, histograms).\n\n"
         "example: scidiff evaluate runs/grf --data test.nc",
     )
-    p.add_argument("run", help="the run folder written by `scidiff train`")
+    add_run_argument(p)
     p.add_argument("--data", required=True, help="netCDF / HDF5 file of reference fields")
     p.add_argument("--samples", help="samples written by `scidiff sample` (default: draw --n new ones)")
     p.add_argument("--n", type=positive_int, default=64, help="fields to draw when --samples is not given")
     p.add_argument("--batch-size", type=positive_int, default=64, help="fields per sampler call")
     p.add_argument("--out", help="folder for metrics.json and figures (default RUN/evaluation)")
     add_sampler_options(p)
-    add_common(p)
-    p.set_defaults(func=run)
-    return p
+    return finish(p, run)
 
 
 def run(args: argparse.Namespace) -> int:
     from scidiff import runs
 
-    run_ = runs.Run.open(args.run)
-    loaded = run_.load(device=args.device)
-    out_dir = Path(args.out) if args.out else run_.path / "evaluation"
+    loaded = open_run(args)
+    out_dir = Path(args.out) if args.out else loaded.run.path / "evaluation"
     result = runs.evaluate(
         loaded, args.data, out_dir=out_dir, n=args.n, samples=args.samples, seed=args.seed, method=args.method,
         batch_size=args.batch_size, progress=show_progress(args), **sampler_kwargs(args),

@@ -5,19 +5,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from scidiff.cli._common import Formatter, add_common, check_out_folder, positive_int, say, show_progress
+from scidiff.cli._common import (
+    add_run_argument, check_out_folder, finish, open_run, positive_int, say, show_progress, subcommand,
+)
 
 __all__ = ["add_parser", "run"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser(
-        "loglik", formatter_class=Formatter, help="log-likelihood of each field of a file",
+    p = subcommand(
+        sub, "loglik", help="log-likelihood of each field of a file",
         description="log p(x) of every field of a file through the probability-flow ODE, in nats and "
         "bits/dim, in the units of the file's variables (the normalisation's Jacobian is included).\n\n"
         "example: scidiff loglik runs/grf --data test.nc --out loglik.csv",
     )
-    p.add_argument("run", help="the run folder written by `scidiff train`")
+    add_run_argument(p)
     p.add_argument("--data", required=True, help="netCDF / HDF5 file with the run's variables on its grid")
     p.add_argument("--divergence", choices=["exact", "hutchinson"], default="hutchinson",
                    help="exact: full Jacobian trace (D backward passes per step); hutchinson: unbiased estimate")
@@ -30,20 +32,17 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--time-variable", choices=["logsnr", "t", "sigma"], default=None,
                    help="ODE integration variable (default: that of scidiff.log_likelihood; see docs/samplers.md)")
     p.add_argument("--out", required=True, help="output table: FILE.nc or FILE.csv")
-    add_common(p)
-    p.set_defaults(func=run)
-    return p
+    return finish(p, run)
 
 
 def run(args: argparse.Namespace) -> int:
     from scidiff import runs
 
-    run_ = runs.Run.open(args.run)
     out = Path(args.out)
     check_out_folder(out)
     if out.suffix.lower() not in (".nc", ".csv", ".nc4"):
         raise ValueError(f"--out {str(out)!r}: give a .nc or .csv file name")
-    loaded = run_.load(device=args.device)
+    loaded = open_run(args)
     ds = runs.loglik(
         loaded, args.data, divergence=args.divergence, n=args.n, batch_size=args.batch_size, probes=args.probes,
         rtol=args.rtol, atol=args.atol, t_min=args.t_min, time_variable=args.time_variable, seed=args.seed,

@@ -7,41 +7,38 @@ import time
 from pathlib import Path
 
 from scidiff.cli._common import (
-    Formatter, add_common, add_sampler_options, assignments, check_out_folder, positive_int, sampler_kwargs, say,
-    show_progress,
+    add_run_argument, add_sampler_options, assignments, check_out_folder, finish, open_run, positive_int, sampler_kwargs,
+    say, show_progress, subcommand,
 )
 
 __all__ = ["add_parser", "run"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser(
-        "sample", formatter_class=Formatter, help="draw new fields from a trained run",
+    p = subcommand(
+        sub, "sample", help="draw new fields from a trained run",
         description="Draw fields from a run's model (EMA weights) and write them as netCDF with the "
         "training data's variable names, dims, coordinates, units and attributes, plus provenance "
         "(model, method, seed, NFE).\n\n"
         "example: scidiff sample runs/grf --n 16 --out samples.nc",
     )
-    p.add_argument("run", help="the run folder written by `scidiff train`")
+    add_run_argument(p)
     p.add_argument("--n", type=positive_int, default=16, help="number of fields")
     p.add_argument("--cond", action="append", metavar="NAME=VALUE",
                    help="parameter values for a conditional model: theta=0.5 (repeatable, or a,b comma list)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="fields per sampler call")
     p.add_argument("--out", required=True, help="the netCDF file to write")
     add_sampler_options(p)
-    add_common(p)
-    p.set_defaults(func=run)
-    return p
+    return finish(p, run)
 
 
 def run(args: argparse.Namespace) -> int:
     from scidiff import runs
     from scidiff.data import write_netcdf
 
-    run_ = runs.Run.open(args.run)
     out = Path(args.out)
     check_out_folder(out)
-    loaded = run_.load(device=args.device)
+    loaded = open_run(args)
     start = time.perf_counter()
     ds, _ = runs.sample(
         loaded, args.n, method=args.method, cond=assignments(args.cond), seed=args.seed,

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from scidiff.cli._common import Formatter, add_common, ints, names, positive_int, say, show_progress
+from scidiff.cli._common import finish, ints, names, positive_int, say, show_progress, subcommand
 
 __all__ = ["add_parser", "run", "options_from"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser(
-        "train", formatter_class=Formatter, help="train a model on fields in a netCDF / HDF5 file",
+    p = subcommand(
+        sub, "train", help="train a model on fields in a netCDF / HDF5 file",
         description="Train a diffusion model (a UNet on the VP-SDE, predicting v by default) on the fields "
         "of one or more variables of a file.  Options come from their defaults, then --config FILE.toml "
         "([data], [model], [train] tables), then the command line.  The run folder receives "
@@ -48,9 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--warmup-steps", type=int, help="linear warm-up steps (default 500)")
     g.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 1000)")
     g.add_argument("--val-every", type=int, help="steps between validation losses (default 1000)")
-    add_common(p, seed_default=None)
-    p.set_defaults(func=run)
-    return p
+    return finish(p, run, seed_default=None)
 
 
 _DATA = {"data": "file", "var": "variables", "cond": "cond", "sample_dim": "sample_dim",
