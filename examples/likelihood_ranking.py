@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 import scidiff as sd
-from scidiff import simulators
+from scidiff import runs, simulators
 
 
 def parse_args() -> argparse.Namespace:
@@ -91,9 +91,9 @@ def test_set(size: int, n: int, seed: int, generator: torch.Generator) -> tuple[
     return torch.cat(list(parts.values())), kinds
 
 
-def log_likelihood(ckpt, normalizer, x: torch.Tensor, args: argparse.Namespace, seed: int) -> np.ndarray:
+def log_likelihood(loaded: runs.LoadedModel, x: torch.Tensor, args: argparse.Namespace, seed: int) -> np.ndarray:
     """log p(x) in the data's units (nats) for fields x [B, n, n], in batches of 64."""
-    model = ckpt.model
+    model, normalizer = loaded.model, loaded.normalizer
     out = []
     gen = torch.Generator().manual_seed(seed)
     for start in range(0, x.shape[0], 64):
@@ -113,21 +113,20 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 def main() -> None:
     args = parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    if not (args.run / "run.json").is_file():
+    if not runs.Run.is_run(args.run):
         from scidiff.demo import run_demo
 
         print(f"{args.run} is not a run folder yet: running the demo to train one")
         run_demo(args.run, progress=not args.no_progress)
-    ckpt = sd.load_checkpoint(args.run)
-    normalizer = ckpt.normalizer_object()
-    size = ckpt.field_shape[-1]
+    loaded = runs.Run.open(args.run).load()
+    size = loaded.run.field_shape[-1]
     gen = torch.Generator().manual_seed(args.seed)
     # the demo's simulator: make("grf", slope=3, variance=1); its exact density for the ranking
     calibration, amplitude = grf_fields(args.n_calibration, size, 3.0, 1000 + args.seed)
     grf = simulators.GaussianRandomField(size, 2, slope=3.0, amplitude=amplitude)
     x, kinds = test_set(size, args.n_per_kind, 2000 + args.seed, gen)
-    lp_cal = log_likelihood(ckpt, normalizer, calibration, args, args.seed)
-    lp = log_likelihood(ckpt, normalizer, x, args, args.seed + 1)
+    lp_cal = log_likelihood(loaded, calibration, args, args.seed)
+    lp = log_likelihood(loaded, x, args, args.seed + 1)
     exact = grf.log_prob(x).numpy()
     threshold = float(np.percentile(lp_cal, args.percentile))
     upper = float(np.percentile(lp_cal, 100.0 - args.percentile))
