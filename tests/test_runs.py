@@ -1,0 +1,158 @@
+"""scidiff.runs: a run folder's files, checkpoints, ``latest`` and pruning, and the library calls the CLI makes.
+
+Also the small shared pieces the runs write with: the TOML writer (round trip through the
+reader) and atomic writing of files and folders.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from scidiff import runs
+from scidiff._atomic import atomic_directory, is_temporary, previous_copies, write_text_atomically
+from scidiff._toml import read_toml, toml_table
+from scidiff.checkpoint import CheckpointFolder
+from scidiff.training import TrainConfig
+
+SIZE = 8
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((24, SIZE, SIZE)) * 2.0 + 5.0
+    ds = xr.Dataset(
+        {"u": (("sample", "y", "x"), x, {"units": "m/s"})},
+        coords={"x": ("x", np.arange(SIZE) * 0.25), "y": ("y", np.arange(SIZE) * 0.25)},
+    )
+    path = tmp_path_factory.mktemp("runs") / "u.nc"
+    ds.to_netcdf(path, engine="h5netcdf")
+    return path
+
+
+@pytest.fixture(scope="module")
+def run_dir(data_file: Path) -> Path:
+    """Three steps, a checkpoint after each (keep 5), an eps-network that stays ~0 (lr 1e-12)."""
+    out = data_file.parent / "run"
+    summary = runs.train(
+        out,
+        runs.DataOptions(file=str(data_file), variables=["u"], val_fraction=0.0),
+        runs.ModelOptions(base_channels=8, channel_mults=[1, 2], attention=False, periodic=True, prediction="eps"),
+        TrainConfig(steps=3, batch_size=8, lr=1e-12, warmup_steps=0, checkpoint_every=1, keep_checkpoints=5,
+                    val_every=0, log_every=1),
+        progress=False,
+    )
+    assert summary.step == 3 and summary.run.path == out
+    return out
+
+
+def test_run_folder_files_and_latest(run_dir: Path) -> None:
+    run = runs.Run.open(run_dir)
+    assert run.config_file.is_file() and run.run_file.is_file() and runs.Run.is_run(run_dir)
+    steps = [p.name for p in run.checkpoints.steps()]
+    assert steps == ["step_00000001", "step_00000002", "step_00000003"]
+    assert run.latest is not None and run.latest.name == "step_00000003"
+    assert run.field_shape == (1, SIZE, SIZE)
+    # a checkpoint directory inside the run opens the run
+    assert runs.Run.open(run.latest).path == run.path
+    data, model, train = runs.read_config(run.config_file)
+    assert data.variables == ["u"] and model.prediction == "eps" and train.steps == 3
+
+
+def test_prune_keeps_the_latest_and_clears_temporaries(run_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    stale = copy / "checkpoints" / ".step_00000004.tmp-abcd"
+    stale.mkdir()
+    run = runs.Run.open(copy)
+    run.prune(keep=1)
+    assert [p.name for p in run.checkpoints.steps()] == ["step_00000003"]
+    assert not stale.exists() and run.latest is not None and run.latest.name == "step_00000003"
+
+
+def test_checkpoint_folder_commit_moves_latest_only_to_a_complete_checkpoint(tmp_path: Path) -> None:
+    folder = CheckpointFolder(tmp_path)
+    assert folder.latest() is None and not folder.exists()
+    for step in (1, 2):
+        path = folder.path_for(step)
+        path.mkdir(parents=True)
+        (path / "checkpoint.json").write_text("{}")
+        folder.commit(path, keep=1)
+    assert folder.latest_file.read_text().strip() == "checkpoints/step_00000002"
+    assert [p.name for p in folder.steps()] == ["step_00000002"]
+    partial = folder.path_for(3)
+    partial.mkdir()  # no checkpoint.json: not complete, never the latest
+    assert folder.latest() == folder.path_for(2).resolve()
+    assert CheckpointFolder.of(folder.path_for(2)).root == tmp_path
+    assert CheckpointFolder.of(tmp_path / "elsewhere") is None
+
+
+def test_library_calls_give_what_the_folder_promises(run_dir: Path, data_file: Path, tmp_path: Path) -> None:
+    loaded = runs.Run.open(run_dir).load()
+    assert loaded.checkpoint.path.name == "step_00000003"
+    ds, x = runs.sample(loaded, 3, method="euler_maruyama", steps=5, seed=1, progress=False)
+    assert x.shape == (3, 1, SIZE, SIZE) and ds["u"].attrs["units"] == "m/s"
+    _, x2 = runs.sample(run_dir, 3, method="euler_maruyama", steps=5, seed=1, progress=False)  # a folder works too
+    torch.testing.assert_close(x, x2)
+    table = runs.loglik(loaded, data_file, n=4, divergence="exact", progress=False)
+    lp = table["log_prob"].values
+    assert lp.shape == (4,) and np.isfinite(lp).all()
+    torch.testing.assert_close(
+        torch.as_tensor(table["bits_per_dim"].values), torch.as_tensor(-lp / (SIZE * SIZE * math.log(2.0)))
+    )
+    out = runs.write_table(table, tmp_path / "ll.csv")
+    assert out.read_text().splitlines()[0].count(",") >= 2
+
+
+def test_prepare_refuses_a_run_unless_told(run_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(runs.RunError, match="already holds a run"):
+        runs.Run.prepare(run_dir)
+    assert runs.Run.prepare(tmp_path / "new") == tmp_path / "new"
+    with pytest.raises(runs.RunError, match="not a scidiff run folder"):
+        runs.Run.open(tmp_path)
+
+
+def test_toml_writer_round_trips_through_the_reader(tmp_path: Path) -> None:
+    options = {
+        "name": 'a "quoted" \\ back\\slash, tab\t and ü',
+        "flag": True,
+        "count": 3,
+        "rate": 2.5e-4,
+        "big": math.inf,
+        "small": -math.inf,
+        "sizes": [1, 2, 2],
+        "names": ["x", "y"],
+        "empty": [],
+    }
+    path = tmp_path / "c.toml"
+    path.write_text(toml_table("t", options) + "\n" + toml_table("u", {"k": 1.0}))
+    doc = read_toml(path)
+    assert doc == {"t": options, "u": {"k": 1.0}}
+    nan = tmp_path / "n.toml"
+    nan.write_text(toml_table(None, {"v": math.nan}))
+    assert math.isnan(read_toml(nan)["v"])
+
+
+def test_atomic_writes_leave_nothing_half_done(tmp_path: Path) -> None:
+    target = tmp_path / "f.txt"
+    write_text_atomically(target, "one")
+    write_text_atomically(target, "two")
+    assert target.read_text() == "two" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+    folder = tmp_path / "d"
+    with atomic_directory(folder) as tmp:
+        (tmp / "a").write_text("1")
+        assert is_temporary(tmp) and not folder.exists()
+    with pytest.raises(RuntimeError):
+        with atomic_directory(folder) as tmp:
+            (tmp / "a").write_text("2")
+            raise RuntimeError("interrupted")
+    assert (folder / "a").read_text() == "1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "f.txt"] and previous_copies(folder) == []
