@@ -7,37 +7,49 @@ variables gives d log p_t(x_t) / dt = -div f~(x_t, t), so
 
 integrated from t_min (default 1e-5) to 1 jointly with x by ``torchdiffeq.odeint``, in t or
 in another time variable (log-SNR, sigma/alpha; see :mod:`scidiff._ode`).
-With dx/du = c(u) (x + s), div(dx/du) = c(u) (D + div s) and the divergence of the score is
+With dx/du = c(u) (x + s), div(dx/du) = c(u) (D + div s).  The first part integrates in
+closed form, since c(u) du = d log alpha: D (log alpha(1) - log alpha(t_min)).  The divergence
+of the score, tr(ds/dx), comes from an estimator of :mod:`scidiff.divergence`:
 
-* ``"exact"``: tr(ds/dx) from D vector-Jacobian products with the basis vectors, batched by
-  ``torch.autograd.grad(..., is_grads_batched=True)`` in chunks (bounded memory); falls back
-  to a loop where a layer has no batching rule;
-* ``"hutchinson"``: E_v[v^T (ds/dx) v] with Rademacher or Gaussian probes v, drawn once and held
-  fixed over the solve (Grathwohl et al. 2019), several probes averaged: an unbiased estimate.
+* ``"exact"``: the trace from the D basis vectors (batched vector-Jacobian products);
+* ``"hutchinson"``: K Rademacher or Gaussian probes held fixed over the solve;
+* ``"lattice"``: Rademacher probes restricted to the classes of a periodic lattice of the grid,
+  which removes the near-diagonal pairs that make most of Hutchinson's variance.
 
-Each evaluation costs one score evaluation (a network forward) plus the vector-Jacobian
-products, never a second forward.  Physical fields are continuous: there is no
-dequantisation.  If the data were normalised by an invertible map z = T(x), pass
+Each estimator's terms are integrated as separate components of the ODE state, so the
+result carries a standard error per field (``log_prob_se``, nats; 0 for the exact trace), and
+``target_se`` adds probes per field until it is met (or takes the exact trace where that is
+cheaper).  Each evaluation costs one score evaluation (a network forward) plus the
+vector-Jacobian products, never a second forward.  Physical fields are continuous: there is
+no dequantisation.  If the data were normalised by an invertible map z = T(x), pass
 ``log_abs_det_jacobian`` = log|det dT/dx| per sample and the result is log p(x) in x's units.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor
 
-from scidiff._ode import NFECounter, ODESolve, TimeVariableName
+from scidiff._ode import NFECounter, ODESolve, TimeVariable, TimeVariableName
+from scidiff.divergence import (
+    DivergenceEstimator,
+    Exact,
+    Hutchinson,
+    Lattice,
+    ProbeDist,
+    default_chunk_size,
+    linearize,
+    make_estimator,
+)
 from scidiff.sde import VPSDE
 
 __all__ = ["log_likelihood", "LikelihoodResult", "divergence_exact", "divergence_hutchinson"]
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
-Divergence = Literal["exact", "hutchinson"]
 
 
 @dataclass
@@ -48,10 +60,16 @@ class LikelihoodResult:
         log_prob: log p(x) in nats, one per sample [B], in the units of x (plus the given
             log-Jacobian, if any).
         bits_per_dim: -log_prob / (D ln 2), [B].
-        nfe: score evaluations used by the solver.
+        nfe: score evaluations used by the solver(s).
         prior_log_prob: log p_1(x_1) at the end of the flow, [B].
         delta_log_p: the integral of div f~ dt, [B].
         x1: the latent x_1 at t = 1, [B, *event].
+        log_prob_se: the standard error of ``log_prob`` from the divergence estimator, nats [B]
+            (0 for the exact trace; NaN where one probe gives no estimate of it).  The ODE
+            solver's own error is not included (see ``docs/likelihood.md``).
+        bits_per_dim_se: the same in bits/dim, [B].
+        divergence: per sample, the estimator that gave the final value ("exact", ...).
+        probes: per sample, the probes (Hutchinson) or replicates (lattice) averaged; 0 for exact.
     """
 
     log_prob: Tensor
@@ -60,87 +78,120 @@ class LikelihoodResult:
     prior_log_prob: Tensor
     delta_log_p: Tensor
     x1: Tensor
+    log_prob_se: Tensor | None = None
+    bits_per_dim_se: Tensor | None = None
+    divergence: list[str] | None = None
+    probes: Tensor | None = None
 
 
-_batched_vjp_ok: dict[str, bool] = {}
-
-
-def _vjp_batched(s: Tensor, x: Tensor, vs: Tensor) -> Tensor:
-    """v^T ds/dx for a stack of cotangents vs [K, B, *event] -> [K, B, *event]."""
-    key = "batched"
-    if _batched_vjp_ok.get(key, True):
-        try:
-            (g,) = torch.autograd.grad(s, x, vs, retain_graph=True, is_grads_batched=True)
-            _batched_vjp_ok[key] = True
-            return g
-        except (RuntimeError, NotImplementedError):
-            # e.g. an attention backward without a batching rule: loop instead, from now on
-            _batched_vjp_ok[key] = False
-    return torch.stack([torch.autograd.grad(s, x, v, retain_graph=True)[0] for v in vs])
-
-
-def _default_chunk_size(bsz: int, d: int) -> int:
-    """Basis vectors per batched VJP of the exact trace when none is given.
-
-    Wide batches of cotangents are memory-bound: about 2^14 elements per batched VJP (64 basis
-    vectors at 16x16, 16 at 32x32, 4 at 64x64, for one field) measured cheapest per vector on CPU.
-    """
-    return max(1, min(d, (1 << 14) // max(1, bsz * d)))
-
-
+# ------------------------------------------------------- the divergence, given s and x
 def divergence_exact(s: Tensor, x: Tensor, *, chunk_size: int | None = None) -> Tensor:
-    """tr(ds/dx) per sample [B] from D vector-Jacobian products, ``chunk_size`` at a time.
+    """tr(ds/dx) per sample [B] for ``s`` computed from ``x`` (which requires grad), [B, *event]."""
+    from scidiff.divergence import _autograd_vjp
 
-    ``s`` must be the score computed from ``x`` (which requires grad), both [B, *event]; the
-    Jacobian is block-diagonal over the batch, so basis vector e_i in every sample gives row i
-    of every sample's Jacobian in one product.
-    """
-    bsz = x.shape[0]
-    d = x[0].numel()
-    if chunk_size is None:
-        chunk_size = _default_chunk_size(bsz, d)
-    eye = torch.eye(d, dtype=x.dtype, device=x.device)
-    trace = torch.zeros(bsz, dtype=x.dtype, device=x.device)
-    for i0 in range(0, d, chunk_size):
-        i1 = min(d, i0 + chunk_size)
-        vs = eye[i0:i1, None, :].expand(i1 - i0, bsz, d).reshape(i1 - i0, *x.shape)
-        g = _vjp_batched(s, x, vs).reshape(i1 - i0, bsz, d)
-        idx = torch.arange(i0, i1, device=x.device)
-        trace = trace + g[torch.arange(i1 - i0, device=x.device), :, idx].sum(0)
-    return trace
+    return Exact(chunk_size=chunk_size).terms(_autograd_vjp(s, x), x.detach())[0]
 
 
 def divergence_hutchinson(s: Tensor, x: Tensor, probes: Tensor) -> Tensor:
     """Hutchinson's estimate mean_k v_k^T (ds/dx) v_k per sample [B]; probes [K, B, *event]."""
-    if probes.shape[0] == 1:
-        (g,) = torch.autograd.grad(s, x, probes[0], retain_graph=True)
-        return (g * probes[0]).flatten(1).sum(1)
-    g = _vjp_batched(s, x, probes)
-    return (g * probes).flatten(2).sum(2).mean(0)
+    from scidiff.divergence import _autograd_vjp
+
+    est = Hutchinson(probes.shape[0], chunk_size=probes.shape[0])
+    est.v = probes
+    return est.terms(_autograd_vjp(s, x), x.detach()).mean(0)
 
 
+def _default_chunk_size(bsz: int, d: int) -> int:
+    """Cotangents per batched VJP when none is given (see :func:`scidiff.divergence.default_chunk_size`)."""
+    return default_chunk_size(bsz, d)
+
+
+# ------------------------------------------------------------------- the augmented ODE
 class _AugmentedDrift(torch.nn.Module):
-    """d(x, Delta)/du = (c (x + s), c (D + div s)) for torchdiffeq's tuple states."""
+    """d(x, Gamma)/du = (c (x + s), c T): x and the estimator's terms T [S, B] of div s."""
 
-    def __init__(self, score: NFECounter, var, t_lo: float, t_hi: float, div_fn) -> None:
+    def __init__(self, score: NFECounter, var: TimeVariable, t_lo: float, t_hi: float,
+                 estimator: DivergenceEstimator, functional: bool) -> None:
         super().__init__()
         self.score = score
         self.var = var
         self.t_lo = t_lo
         self.t_hi = t_hi
-        self.div_fn = div_fn
+        self.estimator = estimator
+        self.functional = functional
 
     def forward(self, u: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         x, _ = state
         u = u.double()
         t = self.var.t_of_u(u).clamp(self.t_lo, self.t_hi)
         c = self.var.coefficient(u, t).to(x.dtype)
-        with torch.enable_grad():
-            x_in = x.detach().requires_grad_(True)
-            s = self.score(x_in, t)
-            div_s = self.div_fn(s, x_in)
-        d = x[0].numel()
-        return c * (x + s.detach()), c * (d + div_s.detach())
+        x = x.detach()
+        if self.functional:
+            try:
+                s, vjp = linearize(lambda z: self.score(z, t), x, functional=True)
+                terms = self.estimator.terms(vjp, x)
+            except RuntimeError as err:
+                if "functorch" not in str(err) and "torch.func" not in str(err) and "vmap" not in str(err):
+                    raise
+                # a score that takes gradients itself (a guided score): autograd from now on
+                self.functional = False
+        if not self.functional:
+            s, vjp = linearize(lambda z: self.score(z, t), x, functional=False)
+            with torch.enable_grad():
+                terms = self.estimator.terms(vjp, x)
+        return c * (x + s), c * terms.detach()
+
+
+@dataclass
+class _Solved:
+    x1: Tensor
+    delta: Tensor
+    se: Tensor
+    nfe: int
+
+
+def _solve(score: ScoreFn, sde: VPSDE, x: Tensor, estimator: DivergenceEstimator, solve: ODESolve,
+           t_min: float, generator: torch.Generator | None, progress: bool, desc: str) -> _Solved:
+    """One PF-ODE solve of (x, the estimator's terms) from t_min to 1."""
+    counter = NFECounter(score)
+    var = solve.variable(sde.schedule)
+    u = var.u_of_t(torch.tensor([t_min, 1.0], dtype=torch.float64, device=x.device))
+    estimator.prepare(x, generator)
+    functional = _functional_ok(score)
+    drift = _AugmentedDrift(counter, var, t_min, 1.0, estimator, functional)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(desc=desc, leave=False, unit="NFE")
+        inner = counter.score
+
+        def with_bar(x_: Tensor, t_: Tensor) -> Tensor:
+            bar.update()
+            return inner(x_, t_)
+
+        counter.score = with_bar
+    s_terms = estimator.num_terms(x)
+    # inference_mode tensors cannot take part in autograd: run the solve outside it
+    with torch.inference_mode(False), torch.no_grad():
+        state0 = (x.detach().clone(), torch.zeros(s_terms, x.shape[0], dtype=x.dtype, device=x.device))
+        try:
+            x1, gamma = solve(drift, state0, u)
+        finally:
+            if bar is not None:
+                bar.close()
+    div_s, se = estimator.combine(gamma)
+    log_alpha = sde.schedule.log_alpha(torch.tensor([t_min, 1.0], dtype=torch.float64))
+    identity_part = x[0].numel() * float(log_alpha[1] - log_alpha[0])
+    return _Solved(x1=x1, delta=identity_part + div_s, se=se, nfe=counter.nfe)
+
+
+def _functional_ok(score: ScoreFn) -> bool:
+    """Whether the score can go through ``torch.func`` (guided scores take gradients themselves)."""
+    inner = getattr(score, "func", score)  # functools.partial
+    return not getattr(inner, "takes_gradients", False) and type(inner).__name__ not in (
+        "ClassifierGuidance", "DPSGuidance", "MMPSGuidance",
+    )
 
 
 def log_likelihood(
@@ -148,7 +199,7 @@ def log_likelihood(
     sde: VPSDE,
     x: Tensor,
     *,
-    divergence: Divergence = "exact",
+    divergence: str | DivergenceEstimator = "exact",
     t_min: float = 1e-5,
     method: str = "dopri5",
     rtol: float = 1e-5,
@@ -156,8 +207,11 @@ def log_likelihood(
     steps: int = 100,
     time_variable: TimeVariableName = "t",
     probes: int = 1,
-    probe_dist: Literal["rademacher", "gaussian"] = "rademacher",
+    probe_dist: ProbeDist = "rademacher",
+    spacing: int | Sequence[int] = 4,
     chunk_size: int | None = None,
+    target_se: float | None = None,
+    max_probes: int = 64,
     prior_log_prob: Callable[[Tensor], Tensor] | None = None,
     log_abs_det_jacobian: Tensor | float | None = None,
     generator: torch.Generator | None = None,
@@ -169,23 +223,31 @@ def log_likelihood(
         score: ``score(x, t) -> Tensor`` like x; t of shape [B].
         sde: the VP-SDE of the score.
         x: the fields, [B, *event], finite.
-        divergence: "exact" (full Jacobian trace) or "hutchinson" (unbiased estimate).
+        divergence: how tr(ds/dx) is computed: "exact" (the full Jacobian trace, D
+            vector-Jacobian products per evaluation), "hutchinson" (``probes`` probes), "lattice"
+            (Rademacher probes on a lattice of ``spacing``, C spacing^dims products per
+            replicate and ``probes`` replicates), or a :class:`~scidiff.divergence.DivergenceEstimator`.
         t_min: where the flow starts, log p_{t_min} ~= log p_0.
         method, rtol, atol, steps: the torchdiffeq solver (``steps`` for fixed-grid methods).
-        time_variable: "t" (default), "logsnr" or "sigma".  Measured on Gaussian mixtures and on a
-            trained Gaussian-random-field model, t needs as few or fewer evaluations at equal
-            accuracy (docs/samplers.md); the log-SNR pays off only for near-degenerate data.
-        probes, probe_dist: number and kind of Hutchinson probes, fixed over the solve.
-        chunk_size: basis vectors per batched VJP for the exact trace (default: as many as
-            keep 2^14 cotangent elements per product, at least one).
+        time_variable: "t" (default), "logsnr" or "sigma".
+        probes: Hutchinson probes, or lattice replicates, per field, fixed over the solve.
+        probe_dist: "rademacher" or "gaussian" (Hutchinson only).
+        spacing: the lattice spacing (one int, or one per spatial axis).
+        chunk_size: cotangents per batched vector-Jacobian product (default: about 2^15
+            cotangent elements per product).
+        target_se: a standard error to reach per field, in bits/dim: fields above it are solved
+            again with more probes (their estimates pooled), up to ``max_probes`` per field, or
+            with the exact trace where that costs fewer products.
+        max_probes: the most probes (replicates) a field gets under ``target_se``.
         prior_log_prob: log p_1(x_1) per sample (default ``sde.prior_log_prob``, N(0, I)).
         log_abs_det_jacobian: log|det dz/dx| per sample [B] (or a scalar), added to the result,
             when the model sees z = T(x) and you want log p(x) in x's units.
-        generator: for the Hutchinson probes.
+        generator: for the probes.
         progress: show a progress bar of score evaluations.
 
     Returns:
-        A :class:`LikelihoodResult` with ``log_prob`` [B] (nats), ``bits_per_dim`` and ``nfe``.
+        A :class:`LikelihoodResult`: ``log_prob`` [B] (nats) with its standard error
+        ``log_prob_se``, ``bits_per_dim`` and ``bits_per_dim_se``, and ``nfe``.
     """
     if not isinstance(sde, VPSDE):
         raise TypeError(f"sde must be a scidiff.VPSDE, got {type(sde).__name__}")
@@ -195,64 +257,103 @@ def log_likelihood(
     if not bool(finite.all()):
         bad = (~finite).nonzero().flatten().tolist()
         raise ValueError(f"x contains NaN or inf in samples {bad[:20]}{' ...' if len(bad) > 20 else ''}")
-    if divergence not in ("exact", "hutchinson"):
-        raise ValueError(f"unknown divergence {divergence!r}; expected 'exact' or 'hutchinson'")
     if not (0.0 < t_min < 1.0):
         raise ValueError(f"t_min must lie in (0, 1), got {t_min}")
-    if not isinstance(probes, int) or probes < 1:
-        raise ValueError(f"probes must be a positive integer, got {probes!r}")
-    if probe_dist not in ("rademacher", "gaussian"):
-        raise ValueError(f"unknown probe_dist {probe_dist!r}; expected 'rademacher' or 'gaussian'")
+    estimator = make_estimator(divergence, probes=probes, probe_dist=probe_dist, spacing=spacing,
+                               chunk_size=chunk_size)
+    if target_se is not None and not (isinstance(target_se, (int, float)) and math.isfinite(target_se)
+                                      and target_se > 0):
+        raise ValueError(f"target_se must be a positive number of bits/dim, got {target_se!r}")
+    if not isinstance(max_probes, int) or isinstance(max_probes, bool) or max_probes < 1:
+        raise ValueError(f"max_probes must be a positive integer, got {max_probes!r}")
     solve = ODESolve(method=method, rtol=rtol, atol=atol, steps=steps, time_variable=time_variable)  # validates
     bsz = x.shape[0]
     d = x[0].numel()
+    nats_per_bpd = d * math.log(2.0)
 
-    if divergence == "exact":
+    if target_se is not None and isinstance(estimator, Hutchinson) and estimator.probes < 4:
+        estimator = _with_probes(estimator, 4)  # a standard error needs a few probes to start from
+    first = _solve(score, sde, x, estimator, solve, t_min, generator, progress,
+                   f"log-likelihood ({estimator.name}, NFE)")
+    x1, delta, se, nfe = first.x1, first.delta, first.se, first.nfe
+    used = torch.full((bsz,), _probes_of(estimator), dtype=torch.long)
+    names = [estimator.name] * bsz
+    if target_se is not None and not isinstance(estimator, Exact):
+        delta, se, used, names, extra_nfe = _refine(
+            score, sde, x, estimator, solve, t_min, generator, progress, delta, se, used, names,
+            target_se * nats_per_bpd, max_probes,
+        )
+        nfe += extra_nfe
 
-        def div_fn(s: Tensor, x_in: Tensor) -> Tensor:
-            return divergence_exact(s, x_in, chunk_size=chunk_size)
-
-    else:
-        shape = (probes, *x.shape)
-        gen_device = generator.device if generator is not None else x.device
-        if probe_dist == "rademacher":
-            v = torch.randint(0, 2, shape, generator=generator, device=gen_device).to(x.dtype) * 2 - 1
-        else:
-            v = torch.randn(shape, generator=generator, device=gen_device, dtype=x.dtype)
-        v = v.to(x.device)
-
-        def div_fn(s: Tensor, x_in: Tensor) -> Tensor:
-            return divergence_hutchinson(s, x_in, v)
-
-    counter = NFECounter(score)
-    var = solve.variable(sde.schedule)
-    u = var.u_of_t(torch.tensor([t_min, 1.0], dtype=torch.float64, device=x.device))
-    drift = _AugmentedDrift(counter, var, t_min, 1.0, div_fn)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(desc="log-likelihood (NFE)", leave=False)
-        inner = counter.score
-
-        def with_bar(x_: Tensor, t_: Tensor) -> Tensor:
-            bar.update()
-            return inner(x_, t_)
-
-        counter.score = with_bar
-    state0 = (x.detach(), torch.zeros(bsz, dtype=x.dtype, device=x.device))
-    # inference_mode tensors cannot take part in autograd: run the solve outside it
-    with torch.inference_mode(False), torch.no_grad():
-        state0 = (state0[0].clone(), state0[1].clone())
-        x1, delta = solve(drift, state0, u)
-    if bar is not None:
-        bar.close()
     prior = sde.prior_log_prob(x1) if prior_log_prob is None else prior_log_prob(x1)
     log_prob = prior + delta
     if log_abs_det_jacobian is not None:
         log_prob = log_prob + torch.as_tensor(log_abs_det_jacobian, dtype=x.dtype, device=x.device)
-    bpd = -log_prob / (d * math.log(2.0))
     return LikelihoodResult(
-        log_prob=log_prob, bits_per_dim=bpd, nfe=counter.nfe, prior_log_prob=prior, delta_log_p=delta, x1=x1
+        log_prob=log_prob, bits_per_dim=-log_prob / nats_per_bpd, nfe=nfe, prior_log_prob=prior,
+        delta_log_p=delta, x1=x1, log_prob_se=se, bits_per_dim_se=se / nats_per_bpd, divergence=names,
+        probes=used,
     )
 
+
+def _probes_of(estimator: DivergenceEstimator) -> int:
+    if isinstance(estimator, Hutchinson):
+        return estimator.probes
+    if isinstance(estimator, Lattice):
+        return estimator.replicates
+    return 0
+
+
+def _with_probes(estimator: DivergenceEstimator, k: int) -> DivergenceEstimator:
+    if isinstance(estimator, Hutchinson):
+        return Hutchinson(k, dist=estimator.dist, chunk_size=estimator.chunk_size)
+    if isinstance(estimator, Lattice):
+        return Lattice(estimator.spacing, replicates=k, chunk_size=estimator.chunk_size)
+    raise ValueError(f"target_se needs a Hutchinson or lattice estimator, got {type(estimator).__name__}")
+
+
+def _refine(score, sde, x, estimator, solve, t_min, generator, progress, delta, se, used, names,
+            target_nats: float, max_probes: int):
+    """Solve again, with more probes, the fields whose standard error exceeds the target.
+
+    Independent estimates of one field are pooled by their probe counts n_a:
+    mean = sum n_a m_a / N and SE^2 = sum n_a^2 SE_a^2 / N^2.  Fields whose needed probe count
+    costs at least as many products per evaluation as the exact trace get the exact trace.
+    """
+    nfe = 0
+    per_probe = max(1, estimator.vjps_per_evaluation(x[:1]) // max(1, _probes_of(estimator)))
+    exact_cost = x[0].numel()
+    delta, se, used = delta.clone(), se.clone(), used.clone()
+    for _ in range(4):
+        # probes each field needs, from its current SE (SE ~ 1 / sqrt(probes)); NaN: double them
+        need = torch.where(torch.isnan(se), 2.0 * used.double(),
+                           torch.ceil(used.double() * (se.double() / target_nats) ** 2))
+        todo = (se > target_nats) | torch.isnan(se)
+        todo &= torch.tensor([n != "exact" for n in names])
+        if not bool(todo.any()):
+            break
+        exact_rows = todo & (need * per_probe >= exact_cost)
+        more_rows = todo & ~exact_rows & (used < max_probes)
+        if bool(exact_rows.any()):
+            idx = exact_rows.nonzero().flatten()
+            res = _solve(score, sde, x[idx], Exact(chunk_size=estimator.chunk_size), solve, t_min, None,
+                         progress, "log-likelihood (exact, NFE)")
+            nfe += res.nfe
+            delta[idx], se[idx] = res.delta, res.se
+            used[idx] = 0
+            for i in idx.tolist():
+                names[i] = "exact"
+        if not bool(more_rows.any()):
+            break
+        idx = more_rows.nonzero().flatten()
+        extra = int((need[idx].clamp(max=max_probes) - used[idx].double()).clamp(min=1).max())
+        extra = min(extra, max_probes - int(used[idx].min()))
+        res = _solve(score, sde, x[idx], _with_probes(estimator, extra), solve, t_min, generator, progress,
+                     f"log-likelihood ({estimator.name}, +{extra} probes, NFE)")
+        nfe += res.nfe
+        n_old = used[idx].to(delta.dtype)
+        n_tot = n_old + extra
+        delta[idx] = (n_old * delta[idx] + extra * res.delta) / n_tot
+        se[idx] = ((n_old * se[idx]) ** 2 + (extra * res.se) ** 2).sqrt() / n_tot
+        used[idx] = used[idx] + extra
+    return delta, se, used, names, nfe
