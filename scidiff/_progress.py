@@ -43,13 +43,15 @@ def progress_bar(
     unit: str = "it",
     initial: float = 0,
     leave: bool = True,
+    bar_format: str | None = None,
 ) -> Any:
     """A bar over ``total`` units labelled ``desc`` (tqdm), or a silent stand-in if not ``enabled``."""
     if not enabled:
         return _Silent()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=leave, dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=leave, dynamic_ncols=True,
+                bar_format=bar_format)
 
 
 def progress(

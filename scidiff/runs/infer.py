@@ -134,10 +134,8 @@ def sample(
         )
         nfe += res.nfe
         parts.append(res.x.detach().double().cpu())
-        if bar is not None:
-            bar.update(b)
-    if bar is not None:
-        bar.close()
+        bar.update(b)
+    bar.close()
     z = torch.cat(parts)
     x = loaded.normalizer.inverse(z)
     provenance = {
@@ -260,11 +258,9 @@ def loglik(
             index.append(np.asarray(chunk.index))
             if chunk.cond is not None:
                 thetas.append(chunk.cond)
-            if bar is not None:
-                bar.update(x.shape[0])
+            bar.update(x.shape[0])
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         template = source.template
         source.close()
     lp = torch.cat(log_prob)

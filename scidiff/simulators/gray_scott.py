@@ -28,8 +28,8 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from scidiff._progress import progress as iterate
 from scidiff.simulators._checks import check_positive, check_size, check_tensor_param
 
 ParamLike = float | Tensor
@@ -112,7 +112,7 @@ class GrayScott:
         feed_hat[..., 0, 0] = feed_t[:, 0, 0].to(lin_u.device) * self.size**2
         feed_term = (coef[0][1].to(torch.float64) * feed_hat).to(coef[0][1].dtype)
         u_hat, v_hat = torch.fft.rfft2(u0), torch.fft.rfft2(v0)
-        for _ in tqdm(range(steps), disable=not progress, desc="gray-scott", unit="step"):
+        for _ in iterate(range(steps), total=steps, desc="gray-scott", enabled=progress, unit="step"):
             u_hat, v_hat = self._etdrk2_step(u_hat, v_hat, feed_term, coef)
             if on_step is not None:
                 on_step(self.dt)

@@ -37,8 +37,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from scidiff._progress import progress_bar
 from scidiff.simulators._checks import check_positive, check_size, check_tensor_param
 
 ParamLike = float | Tensor
@@ -213,8 +213,8 @@ class NavierStokes2D:
         lin = -nu * k2 - mu                                          # [B, n, n//2+1]
         f_hat = torch.fft.rfft2(self.forcing(params, omega0)) * mask
         t = 0.0
-        bar = tqdm(total=t_final, disable=not progress, desc="navier-stokes", unit="t",
-                   bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} [{elapsed}<{remaining}]")
+        bar = progress_bar(t_final, "navier-stokes", enabled=progress, unit="t",
+                           bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} [{elapsed}<{remaining}]")
         n_hat, speed = self._nonlinear_hat(omega_hat)
         while t < t_final * (1.0 - 1e-12):
             step = self._cfl_dt(speed) if dt is None else dt

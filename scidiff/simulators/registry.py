@@ -29,8 +29,8 @@ import numpy as np
 import torch
 import xarray as xr
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from scidiff._progress import progress_bar
 from scidiff._version import __version__
 from scidiff.simulators._checks import check_dims, check_positive, check_size, make_generator
 from scidiff.simulators._fourier import grid_coordinates, wavenumber_norm
@@ -123,8 +123,8 @@ def _dataset(name: str, n: int, seed: int, options: dict[str, Any],
     return xr.Dataset(data, coords=coords, attrs=attrs)
 
 
-def _bar(progress: bool, total: float, desc: str, unit: str) -> tqdm:
-    return tqdm(total=total, disable=not progress, desc=desc, unit=unit)
+def _bar(progress: bool, total: float, desc: str, unit: str) -> Any:
+    return progress_bar(total, desc, enabled=progress, unit=unit)
 
 
 def _amplitude_for_variance(variance: float, slope: Tensor, size: int, dims: int) -> Tensor:
