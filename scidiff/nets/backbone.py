@@ -1,4 +1,4 @@
-"""The pieces the UNet and the NoisyEncoder share: their options and the down path.
+"""The pieces the UNet and the NoisyEncoder share: their options, embedding, down path and input checks.
 
 A network has ``levels = len(channel_mults)`` resolution levels; level i has
 width ``base_channels * channel_mults[i]`` and spatial size N / 2**i.  Between
@@ -12,10 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from scidiff.nets import _checks
 from scidiff.nets.blocks import ResBlock, SelfAttention
+from scidiff.nets.embedding import Embedding
 from scidiff.nets.layers import Downsample, check_dims, conv
 
 
@@ -205,3 +207,86 @@ def middle(arch: Architecture) -> Stage:
         layers.append(arch.attention(width))
     layers.append(arch.res_block(width, width))
     return Stage(*layers)
+
+
+def check_dtype(net: str, module: nn.Module, x: Tensor) -> None:
+    """Raise TypeError when x's dtype differs from the network's parameters (outside autocast)."""
+    param = next(module.parameters(), None)
+    if param is None or param.dtype == x.dtype:
+        return
+    try:
+        autocast = torch.is_autocast_enabled(x.device.type)
+    except TypeError:  # torch < 2.4 takes no device type
+        autocast = torch.is_autocast_enabled()
+    if autocast:
+        return
+    raise TypeError(
+        f"{net} parameters are {param.dtype} but x is {x.dtype}: convert the network with "
+        f"net.to({x.dtype}) or pass x as {param.dtype}"
+    )
+
+
+class FieldNetwork(nn.Module):
+    """The trunk the UNet and the NoisyEncoder share: a validated :class:`Architecture`, the
+    embedding e = MLP(phi(t)) + MLP(c), the down path and the bottleneck, and the checks of a call.
+
+    Subclasses add their own head (the UNet's up path, the encoder's pooling MLP) after calling
+    ``super().__init__`` and start ``forward`` with :meth:`_inputs`.
+    """
+
+    def __init__(
+        self, channels: int, dims: int, *, periodic: bool, cond_dim: int, extra_channels: int,
+        architecture: dict[str, Any],
+    ) -> None:
+        super().__init__()
+        self.channels = _checks.positive_int("channels", channels)
+        self.cond_dim = _checks.positive_int("cond_dim", cond_dim, minimum=0)
+        self.extra_channels = _checks.positive_int("extra_channels", extra_channels, minimum=0)
+        self.arch = arch = Architecture.for_network(type(self).__name__, dims=dims, periodic=periodic, options=architecture)
+        self.embedding = Embedding(
+            arch.emb_dim, feature_dim=arch.base_channels, time_embedding=arch.time_embedding, cond_dim=self.cond_dim
+        )
+        self.down = DownPath(self.channels + self.extra_channels, arch)
+        self.mid = middle(arch)
+
+    @property
+    def dims(self) -> int:
+        """Number of spatial dimensions."""
+        return self.arch.dims
+
+    @property
+    def periodic(self) -> bool:
+        """Whether every layer pads circularly."""
+        return self.arch.periodic
+
+    @property
+    def factor(self) -> int:
+        """Spatial sizes are handled in multiples of this, 2**(levels - 1) pixels."""
+        return self.arch.factor
+
+    def _config(self, **own: Any) -> dict[str, Any]:
+        """The constructor arguments: channels, dims, ``own`` (the subclass's), then the shared options."""
+        options = self.arch.options()
+        return {
+            "channels": self.channels,
+            "dims": options.pop("dims"),
+            **own,
+            "periodic": options.pop("periodic"),
+            "cond_dim": self.cond_dim,
+            "extra_channels": self.extra_channels,
+            **options,
+        }
+
+    def _inputs(self, x: Tensor, t: Tensor | float, cond: Tensor | None, extra: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Check a call and return (h, e): x with the extra channels [B, C + E, *spatial] and the embedding [B, emb]."""
+        name = type(self).__name__
+        x = _checks.field(name, x, dims=self.arch.dims, channels=self.channels)
+        check_dtype(name, self, x)
+        batch = x.shape[0]
+        t = _checks.time(name, t, batch, like=x)
+        cond = _checks.cond(name, cond, batch, cond_dim=self.cond_dim, like=x)
+        extra = _checks.extra(name, extra, extra_channels=self.extra_channels, like=x)
+        if self.arch.periodic:
+            _checks.periodic_sizes(name, x.shape[2:], downsamples=self.arch.downsamples)
+        h = x if extra is None else torch.cat([x, extra], dim=1)
+        return h, self.embedding(t, cond)

@@ -6,18 +6,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from scidiff.nets import _checks
-from scidiff.nets.backbone import Architecture, DownPath, middle
-from scidiff.nets.embedding import Embedding, mlp
+from scidiff.nets.backbone import FieldNetwork
+from scidiff.nets.embedding import mlp
 from scidiff.nets.layers import group_norm
-from scidiff.nets.unet import check_dtype
 
 
-class NoisyEncoder(nn.Module):
+class NoisyEncoder(FieldNetwork):
     r"""Map a noisy field and its time, :math:`(x_t, t[, c])`, to a vector :math:`f_\theta(x_t, t, c)`.
 
     Layout: the UNet's down path (same residual, attention and downsampling
@@ -57,17 +55,12 @@ class NoisyEncoder(nn.Module):
         extra_channels: int = 0,
         **architecture: Any,
     ) -> None:
-        super().__init__()
-        self.channels = _checks.positive_int("channels", channels)
-        self.out_features = _checks.positive_int("out_features", out_features)
-        self.cond_dim = _checks.positive_int("cond_dim", cond_dim, minimum=0)
-        self.extra_channels = _checks.positive_int("extra_channels", extra_channels, minimum=0)
-        self.arch = arch = Architecture.for_network(type(self).__name__, dims=dims, periodic=periodic, options=architecture)
-        self.embedding = Embedding(
-            arch.emb_dim, feature_dim=arch.base_channels, time_embedding=arch.time_embedding, cond_dim=self.cond_dim
+        out_features = _checks.positive_int("out_features", out_features)
+        super().__init__(
+            channels, dims, periodic=periodic, cond_dim=cond_dim, extra_channels=extra_channels, architecture=architecture
         )
-        self.down = DownPath(self.channels + self.extra_channels, arch)
-        self.mid = middle(arch)
+        self.out_features = out_features
+        arch = self.arch
         width = arch.widths[-1]
         self.out_norm = group_norm(width, arch.groups)
         self.head = mlp(width, arch.emb_dim, self.out_features)
@@ -75,31 +68,11 @@ class NoisyEncoder(nn.Module):
     @property
     def config(self) -> dict[str, Any]:
         """The constructor arguments: ``NoisyEncoder(**enc.config)`` builds the same architecture."""
-        options = self.arch.options()
-        return {
-            "channels": self.channels,
-            "dims": options.pop("dims"),
-            "out_features": self.out_features,
-            "periodic": options.pop("periodic"),
-            "cond_dim": self.cond_dim,
-            "extra_channels": self.extra_channels,
-            **options,
-        }
+        return self._config(out_features=self.out_features)
 
     def forward(self, x: Tensor, t: Tensor | float, cond: Tensor | None = None, extra: Tensor | None = None) -> Tensor:
         """f [B, out_features] from x [B, C, *spatial], t [B] (see the class docstring)."""
-        name = type(self).__name__
-        x = _checks.field(name, x, dims=self.arch.dims, channels=self.channels)
-        check_dtype(name, self, x)
-        batch = x.shape[0]
-        t = _checks.time(name, t, batch, like=x)
-        cond = _checks.cond(name, cond, batch, cond_dim=self.cond_dim, like=x)
-        extra = _checks.extra(name, extra, extra_channels=self.extra_channels, like=x)
-        if self.arch.periodic:
-            _checks.periodic_sizes(name, x.shape[2:], downsamples=self.arch.downsamples)
-
-        h = x if extra is None else torch.cat([x, extra], dim=1)
-        e = self.embedding(t, cond)
+        h, e = self._inputs(x, t, cond, extra)
         h, _ = self.down(h, e)
         h = self.mid(h, e)
         pooled = F.silu(self.out_norm(h)).flatten(2).mean(dim=2)  # [B, width]

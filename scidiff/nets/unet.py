@@ -13,30 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from scidiff.nets import _checks
-from scidiff.nets.backbone import Architecture, DownPath, Stage, middle
-from scidiff.nets.embedding import Embedding
+from scidiff.nets.backbone import Architecture, FieldNetwork, Stage
 from scidiff.nets.layers import Upsample, conv, crop_to, group_norm, pad_to_multiple
 
 
-def check_dtype(net: str, module: nn.Module, x: Tensor) -> None:
-    """Raise TypeError when x's dtype differs from the network's parameters (outside autocast)."""
-    param = next(module.parameters(), None)
-    if param is None or param.dtype == x.dtype:
-        return
-    try:
-        autocast = torch.is_autocast_enabled(x.device.type)
-    except TypeError:  # torch < 2.4 takes no device type
-        autocast = torch.is_autocast_enabled()
-    if autocast:
-        return
-    raise TypeError(
-        f"{net} parameters are {param.dtype} but x is {x.dtype}: convert the network with "
-        f"net.to({x.dtype}) or pass x as {param.dtype}"
-    )
-
-
-class UNet(nn.Module):
+class UNet(FieldNetwork):
     r"""UNet :math:`\hat\varepsilon_\theta(x_t, t, c)` for fields ``[B, C, *spatial]`` in 1, 2 or 3 D.
 
     The network predicts a tensor shaped like ``x`` (the noise eps, or x_0 or v
@@ -104,16 +85,10 @@ class UNet(nn.Module):
         extra_channels: int = 0,
         **architecture: Any,
     ) -> None:
-        super().__init__()
-        self.channels = _checks.positive_int("channels", channels)
-        self.cond_dim = _checks.positive_int("cond_dim", cond_dim, minimum=0)
-        self.extra_channels = _checks.positive_int("extra_channels", extra_channels, minimum=0)
-        self.arch = arch = Architecture.for_network(type(self).__name__, dims=dims, periodic=periodic, options=architecture)
-        self.embedding = Embedding(
-            arch.emb_dim, feature_dim=arch.base_channels, time_embedding=arch.time_embedding, cond_dim=self.cond_dim
+        super().__init__(
+            channels, dims, periodic=periodic, cond_dim=cond_dim, extra_channels=extra_channels, architecture=architecture
         )
-        self.down = DownPath(self.channels + self.extra_channels, arch)
-        self.mid = middle(arch)
+        arch = self.arch
         self.up = self._up_path(arch, list(self.down.skip_channels))
         self.out_norm = group_norm(arch.base_channels, arch.groups)
         self.out_conv = conv(arch.base_channels, self.channels, arch.dims, periodic=arch.periodic)
@@ -138,50 +113,16 @@ class UNet(nn.Module):
         return stages
 
     @property
-    def dims(self) -> int:
-        """Number of spatial dimensions."""
-        return self.arch.dims
-
-    @property
-    def periodic(self) -> bool:
-        """Whether every layer pads circularly."""
-        return self.arch.periodic
-
-    @property
-    def factor(self) -> int:
-        """Spatial sizes are handled in multiples of this, 2**(levels - 1) pixels."""
-        return self.arch.factor
-
-    @property
     def config(self) -> dict[str, Any]:
         """The constructor arguments: ``UNet(**net.config)`` builds the same architecture."""
-        options = self.arch.options()
-        return {
-            "channels": self.channels,
-            "dims": options.pop("dims"),
-            "periodic": options.pop("periodic"),
-            "cond_dim": self.cond_dim,
-            "extra_channels": self.extra_channels,
-            **options,
-        }
+        return self._config()
 
     def forward(self, x: Tensor, t: Tensor | float, cond: Tensor | None = None, extra: Tensor | None = None) -> Tensor:
         """eps-hat [B, C, *spatial] from x [B, C, *spatial], t [B] (see the class docstring)."""
-        name = type(self).__name__
-        x = _checks.field(name, x, dims=self.arch.dims, channels=self.channels)
-        check_dtype(name, self, x)
-        batch, spatial = x.shape[0], x.shape[2:]
-        t = _checks.time(name, t, batch, like=x)
-        cond = _checks.cond(name, cond, batch, cond_dim=self.cond_dim, like=x)
-        extra = _checks.extra(name, extra, extra_channels=self.extra_channels, like=x)
-
-        h = x if extra is None else torch.cat([x, extra], dim=1)
-        if self.arch.periodic:
-            _checks.periodic_sizes(name, spatial, downsamples=self.arch.downsamples)
-        else:
+        h, e = self._inputs(x, t, cond, extra)
+        spatial = h.shape[2:]
+        if not self.arch.periodic:
             h = pad_to_multiple(h, self.arch.factor)
-
-        e = self.embedding(t, cond)
         h, skips = self.down(h, e)
         h = self.mid(h, e)
         for stage in self.up:
