@@ -118,6 +118,11 @@ def bench_samplers(mix: GaussianMixture, sde: sd.VPSDE, n: int, quick: bool) -> 
             configs.append((method, str(k), {"steps": k}))
     for rtol in (1e-2, 1e-3, 1e-5):
         configs.append(("ode", f"rtol={rtol:g}", {"rtol": rtol, "atol": rtol}))
+    # the few-step samplers on their default grids, at 5 to 50 evaluations
+    for method in ("ddim", "dpmpp_2m", "dpmpp_3m", "heun"):
+        for nfe in ((10, 20) if quick else (5, 10, 20, 50)):
+            k = (nfe + 1) // 2 if method == "heun" else nfe
+            configs.append((method, str(k), {"steps": k}))
     for method, label, opts in configs:
         draw = run(method, **opts)
         mean, sd_ = _w1_stats(draw, exact, directions, seeds)
