@@ -1,0 +1,274 @@
+"""Trajectories on the linear-Gaussian AR(1) system, against its exact answers.
+
+The system (``scidiff.simulators.AR1Field``): a periodic 1-D field of ``--size`` points,
+every Fourier mode an AR(1) process (tau = 0.5, kappa = 0.002, interval 0.2, slope 2).
+Every window score, trajectory score and posterior is known in closed form, so each section
+measures one approximation alone:
+
+* ``composition`` -- relative L2 error of the Markov-blanket composition of exact window
+  scores against the exact score of the noised trajectory, by diffusion time t and window W;
+* ``assimilation`` -- posterior samples (PF-ODE) for 2 point sensors every 4th state against
+  the Rauch-Tung-Striebel smoother: MMPS and DPS (plain, inflated) on the exact trajectory
+  score and on composed exact window scores; mean error in posterior sds, variance ratios,
+  coverage of the truth at 50 / 90 %, network-equivalent cost;
+* ``emulation`` -- trajectories of ``--length`` states drawn jointly from composed exact window
+  scores, and rolled out autoregressively from the exact window conditional, against the exact
+  variance and lag-1 covariance at each lead time; window evaluations per state;
+* ``window_model`` (with ``--train-steps`` > 0) -- a UNet window model trained on simulator
+  windows with states stacked as channels and with time as an extra axis: its score error
+  against the exact window score, and the coverage of the truth by its MMPS posteriors.
+
+    python benchmarks/bench_trajectories.py [--quick] [--samples 2000] [--train-steps 3000] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import scidiff as sd  # noqa: E402
+from _common import Section, machine, parse_script_args, report, script_parser  # noqa: E402
+from scidiff.guidance import DPSGuidance  # noqa: E402
+from scidiff.guidance.operators import SparseSensors  # noqa: E402
+from scidiff.metrics import coverage  # noqa: E402
+from scidiff.simulators import AR1Field  # noqa: E402
+from scidiff.trajectories import (  # noqa: E402
+    AxisWindowScore, ExactScore, MarkovBlanketScore, MMPSGuidance, StackedWindowScore, StateObservation,
+    autoregressive_rollout, every_nth, gaussian_conditional, kalman_smoother, window_fields,
+)
+
+F64 = torch.float64
+
+
+def system(size: int) -> AR1Field:
+    return AR1Field(size, 1, slope=2.0, tau=0.5, kappa=0.002, dt=0.2)
+
+
+def full_operator(obs: StateObservation) -> torch.Tensor:
+    H = obs.matrix()
+    m, d = H.shape
+    out = torch.zeros(len(obs.times) * m, obs.length * d, dtype=F64)
+    for j, k in enumerate(obs.times):
+        out[j * m:(j + 1) * m, k * d:(k + 1) * d] = H
+    return out
+
+
+# ---------------------------------------------------------------------- composition
+def composition(size: int, length: int, n: int) -> Section:
+    p, sde = system(size), sd.VPSDE()
+    exact = ExactScore(p, sde)
+    x0 = p.sample(n, length, seed=1)[:, :, None]
+    windows = [1, 3, 5, 7, 9]
+    s = Section("composition", f"composed exact window scores vs the exact trajectory score (L = {length})",
+                ["t"] + [f"W={w}" for w in windows],
+                goal="exact (round-off) at t = 0 for W >= 3 (AR(1) is Markov of order 1); decreasing in W for t > 0")
+    g = torch.Generator().manual_seed(2)
+    for t in (0.0, 1e-3, 0.01, 0.05, 0.1, 0.3, 0.6, 1.0):
+        tt = torch.full((n,), t, dtype=F64)
+        c = sde.coefficients(tt)
+        x_t = c.alpha[0] * x0 + c.sigma[0] * torch.randn(x0.shape, dtype=F64, generator=g)
+        ref = exact(x_t, tt)
+        row = {"t": t}
+        for w in windows:
+            comp = MarkovBlanketScore(exact, w)(x_t, tt)
+            row[f"W={w}"] = float(((comp - ref).pow(2).sum() / ref.pow(2).sum()).sqrt())
+        s.rows.append(row)
+    s.notes.append(f"relative L2 error over {n} noised stationary trajectories of {size} points; one trajectory "
+                   f"score costs L - W + 1 window evaluations")
+    return s
+
+
+# ---------------------------------------------------------------------- assimilation
+def problem(size: int, length: int, seed: int = 3):
+    p = system(size)
+    sensors = SparseSensors(torch.tensor([[0, 1], [0, size // 2 + 1]]), (1, size))
+    obs = StateObservation(sensors, every_nth(length, 4), length, (1, size))
+    truth = p.sample(1, length, seed=seed)[:, :, None]
+    g = torch.Generator().manual_seed(seed + 100)
+    y = obs(truth)[0] + 0.1 * torch.randn(obs(truth)[0].shape, dtype=F64, generator=g)
+    return p, obs, truth, y
+
+
+def assimilation(size: int, length: int, n: int) -> Section:
+    sde = sd.VPSDE()
+    p, obs, truth, y = problem(size, length)
+    F, Q, P0 = p.state_space()
+    rts = kalman_smoother(F, Q, P0, length, obs.linear_observations(y, 0.1))
+    mu, P = gaussian_conditional(p.covariance(length), full_operator(obs), y.reshape(-1), torch.tensor(0.01))
+    assert torch.allclose(rts.mean.reshape(-1), mu, atol=1e-7)
+    sd_post = P.diagonal().sqrt()
+    s = Section("assimilation", f"posterior trajectories vs the RTS smoother ({size} points, L = {length}, "
+                f"2 sensors every 4th state, noise 0.1)",
+                ["guidance", "prior", "max_mean_err_sd", "rms_mean_err_sd", "var_ratio_min", "var_ratio_max",
+                 "cover50", "cover90", "nfe", "seconds"],
+                goal="MMPS on the exact score: errors within sampling noise; composed scores: the composition's bias")
+    se = 1.0 / math.sqrt(n)
+    s.notes.append(f"{n} PF-ODE samples (dopri5, rtol = atol = 1e-5); sampling noise: mean error sd {se:.3f} "
+                   f"posterior sds, variance ratio sd {math.sqrt(2 / (n - 1)):.3f}; coverage of the one true "
+                   f"trajectory over its {length * size} values")
+    exact = ExactScore(p, sde)
+    configs = [("mmps", "exact", None), ("mmps", "W=3", 3), ("mmps", "W=5", 5), ("mmps", "W=7", 7),
+               ("dps", "exact", None), ("dps gamma=1", "exact", None)]
+    for guidance, label, w in configs:
+        prior = exact if w is None else MarkovBlanketScore(exact, w)
+        if guidance == "mmps":
+            guided = MMPSGuidance(prior, sde, obs, y, 0.1, cg_steps=6)
+        else:
+            guided = DPSGuidance(prior, sde, obs, y, 0.1, inflation=1.0 if "gamma" in guidance else None)
+        t0 = time.perf_counter()
+        res = sd.sample(guided, sde, (n, length, 1, size), "ode", generator=torch.Generator().manual_seed(0),
+                        dtype=F64, progress=False, return_result=True)
+        sec = time.perf_counter() - t0
+        x = res.x.flatten(1)
+        err = (x.mean(0) - mu) / sd_post
+        ratio = x.var(0) / P.diagonal()
+        cov = coverage(x.numpy(), truth.flatten().numpy())
+        s.rows.append({"guidance": guidance, "prior": label, "max_mean_err_sd": float(err.abs().max()),
+                       "rms_mean_err_sd": float(err.pow(2).mean().sqrt()), "var_ratio_min": float(ratio.min()),
+                       "var_ratio_max": float(ratio.max()), "cover50": float(cov[0]), "cover90": float(cov[1]),
+                       "nfe": res.nfe, "seconds": sec})
+    # the exact posterior's own coverage of this truth, for reference
+    ref = (mu + sd_post * torch.randn(n, mu.numel(), dtype=F64, generator=torch.Generator().manual_seed(9))).numpy()
+    cov = coverage(ref, truth.flatten().numpy())
+    s.notes.append(f"the exact posterior's marginal samples cover this truth at {cov[0]:.3f} / {cov[1]:.3f}")
+    return s
+
+
+# ---------------------------------------------------------------------- emulation
+def emulation(size: int, length: int, n: int) -> Section:
+    sde = sd.VPSDE()
+    p = system(size)
+    exact = ExactScore(p, sde)
+    var = p.lag_covariance(0).diagonal()
+    lag1 = p.lag_covariance(1).diagonal()
+    s = Section("emulation", f"joint vs autoregressive emulation, {length} states of {size} points, exact window scores",
+                ["method", "lead", "var_ratio", "lag1_ratio", "window_evals_per_state", "seconds"],
+                goal="ratios 1 within sampling noise at every lead time")
+    sd_ratio = math.sqrt(2.0 / n)
+    s.notes.append(f"{n} trajectories; ratios averaged over the {size} points (sampling sd of one point's variance "
+                   f"ratio {sd_ratio:.3f}); window evaluations counted as score calls x windows per call")
+    runs = []
+    for w in (3, 5):
+        t0 = time.perf_counter()
+        res = sd.sample(MarkovBlanketScore(exact, w), sde, (n, length, 1, size), "ode",
+                        generator=torch.Generator().manual_seed(1), dtype=F64, progress=False, return_result=True)
+        runs.append((f"joint W={w}", res.x[:, :, 0], res.nfe * (length - w + 1) / length, time.perf_counter() - t0))
+    t0 = time.perf_counter()
+    x_past = p.sample(n, 1, seed=7)[:, :, None]
+    calls = []
+
+    def counted(x, t):
+        calls.append(1)
+        return exact(x, t)
+
+    out = autoregressive_rollout(counted, sde, x_past, length, window=3, noise_std=1e-3, cg_steps=8,
+                                 generator=torch.Generator().manual_seed(2), rtol=1e-4, atol=1e-4)
+    runs.append(("autoregressive W=3 (p=1, m=2)", out[:, :, 0], len(calls) / (length - 1), time.perf_counter() - t0))
+    for name, x, per_state, sec in runs:
+        for lead in sorted({1, length // 4, length // 2, length - 1}):
+            v = (x[:, lead] ** 2).mean(0) / var
+            c1 = (x[:, lead] * x[:, lead - 1]).mean(0) / lag1
+            s.rows.append({"method": name, "lead": lead, "var_ratio": float(v.mean()), "lag1_ratio": float(c1.mean()),
+                           "window_evals_per_state": per_state, "seconds": sec})
+    s.notes.append("autoregressive window evaluations: forward passes of the window score per new state "
+                   "(each MMPS call adds cg_steps + 1 backward passes)")
+    return s
+
+
+# ---------------------------------------------------------------------- trained window models
+def window_model(size: int, steps: int, n_post: int, quick: bool) -> Section:
+    sde = sd.VPSDE()
+    p = system(size)
+    w = 5
+    x = p.sample(250 if quick else 2000, 16, seed=0, dtype=torch.float32)[:, :, None]
+    s = Section("window_model", f"trained window score (W = {w}, {size} points), {steps} steps",
+                ["layout", "params", "train_s", "err_t0.01", "err_t0.1", "err_t0.5", "cover50", "cover90"],
+                goal="score error small; posterior coverage 0.5 / 0.9 within binomial tolerance")
+    exact = ExactScore(p, sde)
+    for layout in ("channels", "axis"):
+        if layout == "channels":
+            net = sd.UNet(w, 1, periodic=True, base_channels=32, channel_mults=(1, 2))
+        else:
+            net = sd.UNet(1, 2, periodic=True, base_channels=32, channel_mults=(1,))
+        model = sd.ScoreModel(net, sde, prediction="eps")
+        data = window_fields(x, w, layout=layout)
+        t0 = time.perf_counter()
+        res = sd.train(model, data, sd.TrainConfig(steps=steps, batch_size=64, lr=1e-3, warmup_steps=min(200, steps),
+                                                    lr_decay="cosine", ema_decay=0.995, log_every=max(1, steps // 10)),
+                       progress=False)
+        train_s = time.perf_counter() - t0
+        m = res.model.eval()
+        wscore = (StackedWindowScore if layout == "channels" else AxisWindowScore)(m.score)
+
+        def window64(xw, t, wscore=wscore):
+            return wscore(xw.float(), t.float()).double()
+
+        row = {"layout": layout, "params": sum(q.numel() for q in net.parameters()), "train_s": train_s}
+        xw = p.sample(500, w, seed=9)[:, :, None]
+        g = torch.Generator().manual_seed(3)
+        with torch.no_grad():
+            for t in (0.01, 0.1, 0.5):
+                tt = torch.full((500,), t, dtype=F64)
+                c = sde.coefficients(tt)
+                x_t = c.alpha[0] * xw + c.sigma[0] * torch.randn(xw.shape, dtype=F64, generator=g)
+                e = exact(x_t, tt)
+                row[f"err_t{t}"] = float(((window64(x_t, tt) - e).pow(2).sum() / e.pow(2).sum()).sqrt())
+        # coverage of truths by MMPS posteriors from the composed trained score
+        hits = []
+        length = 8
+        for k in range(2 if quick else 8):
+            _, obs, truth, y = problem(size, length, seed=20 + k)
+            guided = MMPSGuidance(MarkovBlanketScore(window64, w), sde, obs, y, 0.1, cg_steps=3)
+            post = sd.sample(guided, sde, (n_post, length, 1, size), "ode", generator=torch.Generator().manual_seed(k),
+                             dtype=F64, progress=False, rtol=1e-4, atol=1e-4)
+            hits.append(coverage(post.flatten(1).numpy(), truth.flatten().numpy()))
+        cov = np.mean(hits, axis=0)
+        row["cover50"], row["cover90"] = float(cov[0]), float(cov[1])
+        s.rows.append(row)
+    s.notes.append(f"{x.shape[0]} training trajectories of 16 states ({x.shape[0] * 12} windows); coverage pooled "
+                   f"over {len(hits)} truths x {8 * size} values with {n_post} posterior samples each (values within a "
+                   f"trajectory are correlated: the binomial sd {math.sqrt(0.25 / (len(hits) * 8 * size)):.3f} "
+                   f"at 50 % is a lower bound)")
+    return s
+
+
+def main() -> None:
+    p = script_parser(__doc__)
+    p.add_argument("--size", type=int, default=8, help="grid points of the 1-D field")
+    p.add_argument("--samples", type=int, default=2000, help="posterior / emulation samples")
+    p.add_argument("--length", type=int, default=32, help="states of the emulated trajectories")
+    p.add_argument("--train-steps", type=int, default=0, help="train window models for this many steps (0: skip)")
+    p.add_argument("--sections", default="composition,assimilation,emulation,window_model")
+    args = parse_script_args(p)
+    n = 100 if args.quick else args.samples
+    wanted = set(args.sections.split(","))
+    sections = []
+    info = machine(torch.device(args.device))
+    runs = {
+        "composition": lambda: composition(args.size, 16, 200 if args.quick else 2000),
+        "assimilation": lambda: assimilation(args.size, 10, n),
+        "emulation": lambda: emulation(args.size, 8 if args.quick else args.length, n),
+        "window_model": lambda: window_model(16, 20 if args.quick else args.train_steps, 50 if args.quick else 200,
+                                             args.quick),
+    }
+    for name, run in runs.items():
+        if name not in wanted or (name == "window_model" and args.train_steps <= 0):
+            continue
+        t0 = time.perf_counter()
+        section = run()
+        section.seconds = time.perf_counter() - t0
+        sections.append(section)
+    for s in sections:
+        s.notes.append(f"machine: {info} (seconds: wall clock)")
+    report(sections, args.json)
+
+
+if __name__ == "__main__":
+    main()
