@@ -120,6 +120,26 @@ def test_prepare_refuses_a_run_unless_told(run_dir: Path, tmp_path: Path) -> Non
         runs.Run.open(tmp_path)
 
 
+def test_lock_refuses_a_second_writer_and_takes_over_a_dead_ones(tmp_path: Path) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    folder = tmp_path / "locked"
+    with runs.Run.lock(folder) as file:
+        assert file.read_text().split() == [str(os.getpid()), socket.gethostname()]
+        with pytest.raises(runs.RunError, match="is locked by process"):
+            with runs.Run.lock(folder):
+                pass
+    assert not file.exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    file.write_text(f"{int(dead.stdout)} {socket.gethostname()}\n")  # left behind by a process that has ended
+    with runs.Run.lock(folder):
+        assert file.read_text().split()[0] == str(os.getpid())
+    assert not file.exists()
+
+
 def test_toml_writer_round_trips_through_the_reader(tmp_path: Path) -> None:
     options = {
         "name": 'a "quoted" \\ back\\slash, tab\t and ü',

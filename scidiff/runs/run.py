@@ -9,6 +9,7 @@ A run folder, as written by :func:`scidiff.runs.train` (``scidiff train``, ``sci
                      conditioning columns and their standardisation
     checkpoints/     the Trainer's checkpoints step_XXXXXXXX/ (weights, EMA, normaliser, history)
     latest           names the newest complete checkpoint
+    lock             present while a process trains into the folder (its pid and host)
 
 The checkpoints and ``latest`` are kept by a :class:`scidiff.checkpoint.CheckpointFolder`
 (the Trainer writes them); :class:`Run` reads them through :attr:`Run.checkpoints`.
@@ -25,7 +26,9 @@ import functools
 import json
 import os
 import shutil
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,7 @@ from scidiff.runs.options import CONFIG_FILE, DataOptions, ModelOptions, _from_t
 __all__ = ["Run", "RunError", "LoadedModel", "load_run", "RUN_FILE"]
 
 RUN_FILE = "run.json"
+LOCK_FILE = "lock"
 RUN_FORMAT = "scidiff-run"
 
 
@@ -219,9 +223,66 @@ class Run:
         return run_dir
 
     @staticmethod
+    @contextmanager
+    def lock(path: str | os.PathLike[str]) -> Iterator[Path]:
+        """Hold ``path/lock`` while training into the folder, so that a second process cannot.
+
+        The lock file holds the owner's pid and host.  One left by a process that no longer runs
+        on this host is taken over; one held by a live process (or by another host) raises a
+        RunError naming it.  Under torchrun only rank 0 takes the lock.
+        """
+        folder = Path(path)
+        if folder.exists() and not folder.is_dir():
+            raise RunError(f"{str(folder)!r} is a file, not a folder for the run")
+        folder.mkdir(parents=True, exist_ok=True)
+        file = folder / LOCK_FILE
+        if int(os.environ.get("RANK", "0")) != 0:
+            yield file
+            return
+        host = socket.gethostname()
+        for _ in range(2):
+            try:
+                fd = os.open(file, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                break
+            except FileExistsError:
+                pid, owner_host = _lock_owner(file)
+                if pid is None or owner_host != host or _alive(pid):
+                    raise RunError(
+                        f"run folder {str(folder)!r} is locked by process {pid} on {owner_host!r} (its file "
+                        f"{LOCK_FILE!r}); wait for it to finish, or delete the file if that process is gone"
+                    ) from None
+                file.unlink(missing_ok=True)  # left by a process that has ended: take it over
+        else:  # pragma: no cover - lost a race twice
+            raise RunError(f"run folder {str(folder)!r}: could not take its lock")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{os.getpid()} {host}\n")
+        try:
+            yield file
+        finally:
+            file.unlink(missing_ok=True)
+
+    @staticmethod
     def is_run(path: str | os.PathLike[str]) -> bool:
         """Whether ``path`` is a folder holding a run (its ``run.json``)."""
         return (Path(path) / RUN_FILE).is_file()
+
+
+def _lock_owner(file: Path) -> tuple[int | None, str | None]:
+    try:
+        pid, host = file.read_text().split()
+        return int(pid), host
+    except (OSError, ValueError):
+        return None, None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def load_run(path: str | os.PathLike[str]) -> Run:

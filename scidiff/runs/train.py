@@ -101,42 +101,43 @@ def train(
     spatial = source.spatial_shape
     if model.periodic:
         check_spatial_size(spatial, model.multiple, dims=source.spatial_dims, source=source.path.name)
-    Run.prepare(run_dir, resume=resume, overwrite=overwrite)
-    split = dict(val_fraction=data.val_fraction, seed=data.split_seed)
-    train_plain = FieldDataset(source, split="train", **split)
-    normalizer = Normalizer.fit(train_plain, log=data.log, progress=progress)
-    train_ds: Dataset = FieldDataset(source, split="train", normalizer=normalizer, **split)
-    val_ds: Dataset | None = (
-        FieldDataset(source, split="val", normalizer=normalizer, **split) if data.val_fraction > 0 else None
-    )
-    cond_mean: list[float] = []
-    cond_std: list[float] = []
-    if source.cond is not None:
-        theta = np.asarray(source.cond)[train_plain.indices]
-        cond_mean = theta.mean(axis=0).tolist()
-        std = theta.std(axis=0)
-        cond_std = np.where(std > 0, std, 1.0).tolist()
-    run = Run(
-        path=run_dir, data=data, model=model, template=source.template, cond_names=tuple(source.cond_names),
-        cond_mean=cond_mean, cond_std=cond_std,
-    )
-    if source.cond is not None:
-        train_ds = _Conditioned(train_ds, run)
-        val_ds = None if val_ds is None else _Conditioned(val_ds, run)
-    if len(train_ds) < train.batch_size:  # type: ignore[arg-type]
-        train = train.replace(batch_size=len(train_ds))  # type: ignore[arg-type]
-    if val_ds is None:
-        train = train.replace(val_every=0)
-    score_model = model.build(source.num_channels, len(spatial), len(source.cond_names))
-    run.save()
-    write_config(run_dir / CONFIG_FILE, data, model, train)
-    trainer = Trainer(score_model, train, run_dir=run_dir, resume=resume, normalizer=normalizer, device=device)
-    try:
-        history = trainer.fit(train_ds, val_data=val_ds, progress=progress)
-    finally:
-        trainer.dist.close()
-    if trainer.step == 0 or run.latest is None:
-        trainer.save()
+    with Run.lock(run_dir):
+        Run.prepare(run_dir, resume=resume, overwrite=overwrite)
+        split = dict(val_fraction=data.val_fraction, seed=data.split_seed)
+        train_plain = FieldDataset(source, split="train", **split)
+        normalizer = Normalizer.fit(train_plain, log=data.log, progress=progress)
+        train_ds: Dataset = FieldDataset(source, split="train", normalizer=normalizer, **split)
+        val_ds: Dataset | None = (
+            FieldDataset(source, split="val", normalizer=normalizer, **split) if data.val_fraction > 0 else None
+        )
+        cond_mean: list[float] = []
+        cond_std: list[float] = []
+        if source.cond is not None:
+            theta = np.asarray(source.cond)[train_plain.indices]
+            cond_mean = theta.mean(axis=0).tolist()
+            std = theta.std(axis=0)
+            cond_std = np.where(std > 0, std, 1.0).tolist()
+        run = Run(
+            path=run_dir, data=data, model=model, template=source.template, cond_names=tuple(source.cond_names),
+            cond_mean=cond_mean, cond_std=cond_std,
+        )
+        if source.cond is not None:
+            train_ds = _Conditioned(train_ds, run)
+            val_ds = None if val_ds is None else _Conditioned(val_ds, run)
+        if len(train_ds) < train.batch_size:  # type: ignore[arg-type]
+            train = train.replace(batch_size=len(train_ds))  # type: ignore[arg-type]
+        if val_ds is None:
+            train = train.replace(val_every=0)
+        score_model = model.build(source.num_channels, len(spatial), len(source.cond_names))
+        run.save()
+        write_config(run_dir / CONFIG_FILE, data, model, train)
+        trainer = Trainer(score_model, train, run_dir=run_dir, resume=resume, normalizer=normalizer, device=device)
+        try:
+            history = trainer.fit(train_ds, val_data=val_ds, progress=progress)
+        finally:
+            trainer.dist.close()
+        if trainer.step == 0 or run.latest is None:
+            trainer.save()
     return TrainSummary(
         run=run, step=trainer.step, history=history, seconds=time.perf_counter() - start,
         num_train=len(train_ds), num_val=0 if val_ds is None else len(val_ds),  # type: ignore[arg-type]
