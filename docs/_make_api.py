@@ -93,9 +93,20 @@ def _signature(obj: Any, *, drop_none: bool = False) -> str:
     return text
 
 
-def _members(cls: type) -> list[str]:
+def _own_and_hidden_members(cls: type, public: set[str]) -> dict[str, Any]:
+    """The class's members and those it inherits from scidiff base classes that are not documented
+    themselves (e.g. the trunk the UNet and the NoisyEncoder share)."""
+    members: dict[str, Any] = {}
+    for base in reversed(cls.__mro__[1:]):
+        if base.__module__.startswith("scidiff") and base.__name__ not in public:
+            members.update(vars(base))
+    members.update(vars(cls))
+    return members
+
+
+def _members(cls: type, public: set[str] = frozenset()) -> list[str]:
     lines = []
-    for name, member in sorted(vars(cls).items()):
+    for name, member in sorted(_own_and_hidden_members(cls, set(public)).items()):
         if name.startswith("_"):
             continue
         doc = _first_paragraph(getattr(cls, name, None))
@@ -116,7 +127,7 @@ def module_section(module_name: str) -> list[str]:
             lines.append(f"- `class {name}{_signature(obj, drop_none=True)}`  ")
             lines.append(f"  {doc}")
             if obj.__module__.startswith("scidiff"):
-                lines += _members(obj)
+                lines += _members(obj, set(getattr(module, "__all__", [])))
         elif callable(obj) and not hasattr(obj, "__origin__"):
             lines.append(f"- `{name}{_signature(obj)}`  ")
             lines.append(f"  {doc}")
