@@ -398,3 +398,22 @@ def test_nfe_of_new_samplers_and_registry_options():
         sd.sample(lambda x, t: -x, sde, (2, 2), "ddim", eta=2.0)
     with pytest.raises(ValueError, match="bad option for method='heun'"):
         sd.sample(lambda x, t: -x, sde, (2, 2), "heun", eta=0.5)
+
+
+def test_ode_solve_object_shared_with_the_likelihood():
+    from scidiff import _ode, likelihood
+
+    assert likelihood.ODESolve is _ode.ODESolve is sampling.ODESolve
+    # a tuple state: y' = -y, z' = y from (1, 0) over [0, 1]: (e^-1, 1 - e^-1)
+    u = torch.tensor([0.0, 1.0], dtype=F64)
+    for solve in (_ode.ODESolve(rtol=1e-10, atol=1e-10), _ode.ODESolve(method="rk4", steps=200)):
+        y, z = solve(lambda u_, s: (-s[0], s[0]), (torch.ones(3, dtype=F64), torch.zeros(3, dtype=F64)), u)
+        torch.testing.assert_close(y, torch.full((3,), math.exp(-1), dtype=F64), rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(z, torch.full((3,), 1 - math.exp(-1), dtype=F64), rtol=1e-9, atol=1e-9)
+    assert _ode.ODESolve(method="euler").adaptive is False and _ode.ODESolve().adaptive is True
+    for bad, match in [({"method": "rk99"}, "unknown ODE method"), ({"rtol": 0.0}, "rtol and atol"),
+                       ({"steps": 0}, "steps"), ({"time_variable": "tau"}, "time_variable")]:
+        with pytest.raises(ValueError, match=match):
+            _ode.ODESolve(**bad)
+    with pytest.raises(ValueError, match="unknown ODE method"):
+        sd.log_likelihood(lambda x, t: -x, sd.VPSDE(), torch.zeros(2, 2, dtype=F64), method="rk99")
