@@ -7,6 +7,9 @@
     scidiff sample RUN --n N [--method NAME --steps N] [--cond theta=...] --out FILE.nc
     scidiff loglik RUN --data FILE [--divergence exact|hutchinson] --out FILE.nc|csv
     scidiff evaluate RUN --data FILE [--samples FILE.nc] [--out DIR]
+    scidiff trajectory train --data FILE --var NAME --window W --out RUN
+    scidiff trajectory sample RUN --length L --n N --out FILE.nc
+    scidiff trajectory assimilate RUN --obs OBS.nc --length L --n N --out FILE.nc
 
 One module per subcommand, each with ``add_parser(subparsers)`` and ``run(args)``; a new
 subcommand is a new module listed in :data:`COMMANDS`.  Every subcommand explains itself with
@@ -30,7 +33,7 @@ __all__ = ["main", "build_parser", "COMMANDS"]
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-COMMANDS: tuple[str, ...] = ("demo", "data", "train", "sample", "loglik", "evaluate")
+COMMANDS: tuple[str, ...] = ("demo", "data", "train", "sample", "loglik", "evaluate", "trajectory")
 """The subcommand modules of ``scidiff.cli``, in the order ``scidiff --help`` lists them."""
 
 

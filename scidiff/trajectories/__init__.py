@@ -14,7 +14,9 @@ A trajectory is a tensor ``x`` [B, L, *state] with ``state = (C, *spatial)``; fi
   :class:`MMPSGuidance` (moment-matching posterior guidance, exact for Gaussian priors), and
   :class:`scidiff.DPSGuidance`; the exact reference :func:`kalman_smoother` (Rauch-Tung-Striebel);
 * emulation -- :func:`sample_trajectories` (joint), :func:`autoregressive_rollout`;
-* files -- :func:`open_trajectories`, :func:`write_trajectories`, :func:`trajectories_to_dataset`.
+* files -- :func:`open_trajectories`, :func:`write_trajectories`, :func:`trajectories_to_dataset`;
+* the file-to-file path (``scidiff trajectory ...``) -- :func:`train_window_model`,
+  :func:`load_window_run`, :func:`sample_window_run`, :func:`assimilate_window_run`.
 
 See ``docs/trajectories.md``.
 """
@@ -29,6 +31,10 @@ from scidiff.trajectories.mmps import MMPSGuidance, conjugate_gradient
 from scidiff.trajectories.observe import StateObservation, every_nth
 from scidiff.trajectories.score import AxisWindowScore, ExactScore, MarkovBlanketScore, StackedWindowScore
 from scidiff.trajectories.windows import check_window, compose_windows, num_windows, unfold_windows
+from scidiff.trajectories.workflow import (
+    WindowRun, WindowRunInfo, assimilate_window_run, load_window_run, read_observations, sample_window_run,
+    train_window_model,
+)
 
 __all__ = [
     "check_window", "num_windows", "unfold_windows", "compose_windows",
@@ -38,4 +44,6 @@ __all__ = [
     "LinearObservation", "SmootherResult", "kalman_smoother", "gaussian_conditional",
     "sample_trajectories", "autoregressive_rollout", "Identity",
     "Trajectories", "open_trajectories", "write_trajectories", "trajectories_to_dataset", "trajectories_layout",
+    "WindowRun", "WindowRunInfo", "train_window_model", "load_window_run", "sample_window_run", "read_observations",
+    "assimilate_window_run",
 ]
