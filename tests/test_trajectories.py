@@ -234,7 +234,7 @@ def test_posterior_from_composed_window_scores_matches_within_composition_error(
     sde = sd.VPSDE()
     prior = MarkovBlanketScore(ExactScore(p, sde), 7)
     guided = MMPSGuidance(prior, sde, obs, y, 0.1, cg_steps=6)
-    x = sd.sample(guided, sde, (600, obs.length, 1, 8), "ode", generator=torch.Generator().manual_seed(1),
+    x = sd.sample(guided, sde, (400, obs.length, 1, 8), "ode", generator=torch.Generator().manual_seed(1),
                   dtype=F64, progress=False)
     _check_posterior_samples(x.flatten(1), mu, P, bias=0.06)
 
@@ -390,3 +390,58 @@ def test_trajectory_simulators_in_the_registry() -> None:
                             spinup_time=0.5, spinup_size=16, relax_time=0.0)
     assert ns["vorticity"].dims == ("sample", "time", "y", "x") and ns["vorticity"].shape == (1, 3, 16, 16)
     assert "units" in ns["time"].attrs
+
+
+# ---------------------------------------------------------------------- the command line
+def test_cli_trajectory_path(tmp_path, capsys) -> None:
+    """data make -> trajectory train -> sample -> assimilate, files with time coordinates and provenance."""
+    import xarray as xr
+
+    from scidiff.cli import main
+
+    data = tmp_path / "ar1.nc"
+    assert main(["data", "make", "ar1", "--n", "16", "--size", "8", "--param", "states=8", "--param", "interval=0.2",
+                 "--out", str(data), "--no-progress"]) == 0
+    run = tmp_path / "run"
+    assert main(["trajectory", "train", "--data", str(data), "--var", "field", "--window", "3", "--steps", "3",
+                 "--batch-size", "8", "--base-channels", "8", "--channel-mults", "1", "--out", str(run),
+                 "--no-progress"]) == 0
+    out = tmp_path / "samples.nc"
+    assert main(["trajectory", "sample", str(run), "--n", "2", "--length", "6", "--method", "dpmpp_2m", "--steps", "3",
+                 "--out", str(out), "--no-progress"]) == 0
+    with xr.open_dataset(out) as ds:
+        assert ds["field"].dims == ("sample", "time", "x") and ds["field"].shape == (2, 6, 8)
+        assert ds["time"].attrs["units"] == "model time unit" and np.allclose(ds["time"].values, 0.2 * np.arange(6))
+        assert ds.attrs["window_evaluations_per_trajectory"] == 3 * (6 - 3 + 1)
+    obs = xr.Dataset({"value": ("obs", np.array([0.5, -0.2])),
+                      "time": ("obs", np.array([0.0, 0.6]), {"units": "model time unit"}),
+                      "x": ("obs", np.array([0.0, 0.5])), "noise_std": ("obs", np.array([0.1, 0.1]))})
+    obs_path = tmp_path / "obs.nc"
+    obs.to_netcdf(obs_path, engine="h5netcdf")
+    post = tmp_path / "post.nc"
+    assert main(["trajectory", "assimilate", str(run), "--obs", str(obs_path), "--n", "2", "--length", "6",
+                 "--method", "dpmpp_2m", "--steps", "3", "--out", str(post), "--no-progress"]) == 0
+    with xr.open_dataset(post) as ds:
+        assert ds["field"].shape == (2, 6, 8) and ds.attrs["guidance"] == "mmps" and ds.attrs["num_observations"] == 2
+        assert ds.attrs["last_observed_time"] == pytest.approx(0.6)
+    capsys.readouterr()
+    # bad input: one clear line each
+    late = obs.assign(time=("obs", np.array([0.0, 3.0]), {"units": "model time unit"}))
+    late.to_netcdf(tmp_path / "late.nc", engine="h5netcdf")
+    assert main(["trajectory", "assimilate", str(run), "--obs", str(tmp_path / "late.nc"), "--length", "6",
+                 "--out", str(post)]) == 2
+    assert "observation times [3.0] lie outside the trajectory of 6 states" in capsys.readouterr().err
+    off = obs.assign(x=("obs", np.array([0.0, 0.3])))
+    off.to_netcdf(tmp_path / "off.nc", engine="h5netcdf")
+    assert main(["trajectory", "assimilate", str(run), "--obs", str(tmp_path / "off.nc"), "--length", "6",
+                 "--out", str(post)]) == 2
+    assert "not a grid point" in capsys.readouterr().err
+    assert main(["trajectory", "sample", str(run), "--length", "2", "--out", str(out)]) == 2
+    assert "longer than the trajectory" in capsys.readouterr().err
+    assert main(["trajectory", "train", "--data", str(data), "--var", "field", "--time-dim", "lead",
+                 "--out", str(tmp_path / "r2")]) == 2
+    assert "no dim named 'lead'" in capsys.readouterr().err
+    for action in ("train", "sample", "assimilate"):
+        with pytest.raises(SystemExit):
+            main(["trajectory", action, "--help"])
+        assert "example: scidiff trajectory" in capsys.readouterr().out
