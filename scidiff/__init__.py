@@ -53,7 +53,7 @@ _EXPORTS: dict[str, str] = {
 _SUBMODULES = {
     "schedules", "sde", "ddpm", "models", "sampling", "likelihood", "guidance",
     "nets", "data", "simulators", "training", "metrics", "plots", "cli", "analytic", "checkpoint",
-    "operators", "conditional", "inference", "parameterisation", "runs", "demo",
+    "operators", "conditional", "inference", "parameterisation", "runs", "demo", "trajectories",
 }
 
 __all__ = ["__version__", *_EXPORTS]
