@@ -16,9 +16,14 @@ measures one approximation alone:
   variance and lag-1 covariance at each lead time; window evaluations per state;
 * ``window_model`` (with ``--train-steps`` > 0) -- a UNet window model trained on simulator
   windows with states stacked as channels and with time as an extra axis: its score error
-  against the exact window score, and the coverage of the truth by its MMPS posteriors.
+  against the exact window score, and the coverage of the truth by its MMPS posteriors;
+* ``lorenz96`` (with ``--l96-steps`` > 0) -- a window model trained on Lorenz-96 trajectories,
+  held-out truths observed by sparse sensors every other state, then forecast: CRPS and
+  spread-skill of the MMPS posterior ensemble at each lead time, beside climatology and the
+  observations interpolated in space and time (persisted after the last observation).
 
-    python benchmarks/bench_trajectories.py [--quick] [--samples 2000] [--train-steps 3000] [--json out.json]
+    python benchmarks/bench_trajectories.py [--quick] [--samples 2000] [--train-steps 3000] [--l96-steps 3000]
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -37,8 +42,8 @@ import scidiff as sd  # noqa: E402
 from _common import Section, machine, parse_script_args, report, script_parser  # noqa: E402
 from scidiff.guidance import DPSGuidance  # noqa: E402
 from scidiff.guidance.operators import SparseSensors  # noqa: E402
-from scidiff.metrics import coverage  # noqa: E402
-from scidiff.simulators import AR1Field  # noqa: E402
+from scidiff.metrics import coverage, crps_ensemble, spread_skill_ratio  # noqa: E402
+from scidiff.simulators import AR1Field, Lorenz96  # noqa: E402
 from scidiff.trajectories import (  # noqa: E402
     AxisWindowScore, ExactScore, MarkovBlanketScore, MMPSGuidance, StackedWindowScore, StateObservation,
     autoregressive_rollout, every_nth, gaussian_conditional, kalman_smoother, window_fields,
@@ -239,13 +244,91 @@ def window_model(size: int, steps: int, n_post: int, quick: bool) -> Section:
     return s
 
 
+# ---------------------------------------------------------------------- Lorenz-96
+def _interpolate(obs_times: list[int], sites: np.ndarray, y: np.ndarray, length: int, size: int) -> np.ndarray:
+    """Observations y [T, S] at sites (periodic, sorted) linearly interpolated in space, then in time;
+    persisted before the first and after the last observed state.  Returns [length, size]."""
+    grid = np.arange(size)
+    ext_sites = np.concatenate([sites, sites[:1] + size])
+    space = np.stack([np.interp(grid, ext_sites, np.concatenate([v, v[:1]])) for v in y])   # [T, size]
+    # the sites before the first sensor wrap around
+    space[:, grid < sites[0]] = np.stack([np.interp(grid[grid < sites[0]] + size, ext_sites,
+                                                    np.concatenate([v, v[:1]])) for v in y])
+    return np.stack([np.array([np.interp(k, obs_times, space[:, i]) for i in range(size)]) for k in range(length)])
+
+
+def lorenz96(steps: int, members: int, truths: int, quick: bool) -> Section:
+    sde = sd.VPSDE()
+    size, w, interval = 40, 5, 0.1
+    model_l96 = Lorenz96(size)
+    n_train = 64 if quick else 512
+    x0 = model_l96.solve(model_l96.initial_state(n_train + truths, seed=0), 10.0)
+    states = model_l96.trajectory(x0, 32, interval)                                   # [N, 32, 40]
+    train, held = states[:n_train], states[n_train:]
+    mean, std = float(train.mean()), float(train.std())
+    z = ((train - mean) / std).float()[:, :, None]
+    net = sd.UNet(w, 1, periodic=True, base_channels=32, channel_mults=(1, 2))
+    model = sd.ScoreModel(net, sde, prediction="eps")
+    t0 = time.perf_counter()
+    sd.train(model, window_fields(z, w), sd.TrainConfig(steps=steps, batch_size=64, lr=1e-3, lr_decay="cosine",
+                                                        warmup_steps=min(200, steps), ema_decay=0.995,
+                                                        log_every=max(1, steps // 10)), progress=False)
+    train_s = time.perf_counter() - t0
+    window = StackedWindowScore(model.eval().score)
+    length = 16
+    obs_times = list(range(0, 10, 2))
+    sites = np.arange(0, size, 4)
+    sensors = SparseSensors(torch.stack([torch.zeros(len(sites), dtype=torch.long), torch.from_numpy(sites)], 1),
+                            (1, size))
+    obs = StateObservation(sensors, obs_times, length, (1, size))
+    noise = 0.5
+    climatology = train.reshape(-1, size)
+    s = Section("lorenz96", f"Lorenz-96 (N = 40, F = 8, interval {interval}): assimilation then forecast, "
+                f"{steps}-step W = {w} window model",
+                ["lead", "state", "crps_model", "ssr_model", "crps_interp", "crps_climatology"],
+                goal="model CRPS below both baselines over the observed window; spread-skill ratio near 1")
+    per_lead = {k: {"m": [], "ssr": [], "i": [], "c": []} for k in range(length)}
+    g = torch.Generator().manual_seed(11)
+    t1 = time.perf_counter()
+    for j in range(truths):
+        truth = held[j, :length]
+        y = obs(truth[None, :, None])[0] + noise * torch.randn(len(obs_times), len(sites), dtype=F64, generator=g)
+        guided = MMPSGuidance(MarkovBlanketScore(window, w), sde, obs, ((y - mean) / std).float(), noise / std,
+                              cg_steps=3)
+        post = sd.sample(guided, sde, (members, length, 1, size), "dpmpp_2m", steps=32,
+                         generator=torch.Generator().manual_seed(j), progress=False)
+        ens = (mean + std * post[:, :, 0].double()).numpy()                                # [M, L, 40]
+        interp = _interpolate(obs_times, sites, y.numpy(), length, size)
+        clim = climatology[torch.randint(0, climatology.shape[0], (members,), generator=g)].numpy()
+        for k in range(length):
+            tk = truth[k].numpy()
+            per_lead[k]["m"].append(crps_ensemble(ens[:, k], tk))
+            per_lead[k]["ssr"].append(spread_skill_ratio(ens[:, k], tk))
+            per_lead[k]["i"].append(float(np.abs(interp[k] - tk).mean()))
+            per_lead[k]["c"].append(crps_ensemble(clim, tk))
+    for k in range(length):
+        d = per_lead[k]
+        kind = "observed" if k in obs_times else ("forecast" if k > obs_times[-1] else "between")
+        s.rows.append({"lead": k, "state": kind, "crps_model": float(np.mean(d["m"])),
+                       "ssr_model": float(np.mean(d["ssr"])), "crps_interp": float(np.mean(d["i"])),
+                       "crps_climatology": float(np.mean(d["c"]))})
+    s.notes.append(f"{n_train} training trajectories of 32 states ({n_train * 28} windows), {steps} steps in "
+                   f"{train_s:.0f} s; {truths} held-out truths of {length} states, {len(sites)} sensors (every 4th "
+                   f"site) at states {obs_times}, noise sd {noise}; {members} MMPS members (dpmpp_2m, 32 steps, "
+                   f"3 CG steps) per truth in {time.perf_counter() - t1:.0f} s; states {obs_times[-1] + 1}.. are "
+                   f"forecasts; interpolation: linear in periodic space and in time, persisted after the last "
+                   f"observation (its CRPS is its mean absolute error)")
+    return s
+
+
 def main() -> None:
     p = script_parser(__doc__)
     p.add_argument("--size", type=int, default=8, help="grid points of the 1-D field")
     p.add_argument("--samples", type=int, default=2000, help="posterior / emulation samples")
     p.add_argument("--length", type=int, default=32, help="states of the emulated trajectories")
     p.add_argument("--train-steps", type=int, default=0, help="train window models for this many steps (0: skip)")
-    p.add_argument("--sections", default="composition,assimilation,emulation,window_model")
+    p.add_argument("--l96-steps", type=int, default=0, help="train the Lorenz-96 window model this long (0: skip)")
+    p.add_argument("--sections", default="composition,assimilation,emulation,window_model,lorenz96")
     args = parse_script_args(p)
     n = 100 if args.quick else args.samples
     wanted = set(args.sections.split(","))
@@ -257,9 +340,12 @@ def main() -> None:
         "emulation": lambda: emulation(args.size, 8 if args.quick else args.length, n),
         "window_model": lambda: window_model(16, 20 if args.quick else args.train_steps, 50 if args.quick else 200,
                                              args.quick),
+        "lorenz96": lambda: lorenz96(20 if args.quick else args.l96_steps, 8 if args.quick else 32,
+                                     2 if args.quick else 8, args.quick),
     }
     for name, run in runs.items():
-        if name not in wanted or (name == "window_model" and args.train_steps <= 0):
+        if name not in wanted or (name == "window_model" and args.train_steps <= 0) or (
+                name == "lorenz96" and args.l96_steps <= 0):
             continue
         t0 = time.perf_counter()
         section = run()
