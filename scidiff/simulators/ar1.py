@@ -46,7 +46,7 @@ import math
 import torch
 from torch import Tensor
 
-from scidiff.simulators._checks import check_finite, check_positive, check_size, make_generator
+from scidiff.simulators._checks import check_positive, check_size, make_generator
 from scidiff.simulators._fourier import half_weights, irfft, rfft, wavenumber_norm
 from scidiff.simulators.grf import GaussianRandomField, _circulant_dense
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 

@@ -27,7 +27,6 @@ approximation goes back to Boys et al. (2023) and Finzi et al. (2023).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
