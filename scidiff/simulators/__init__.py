@@ -19,7 +19,10 @@ from scidiff.simulators.grf import GaussianRandomField, LognormalField
 from scidiff.simulators.heat import HeatEquation, HeatPosterior
 from scidiff.simulators.lorenz96 import Lorenz96
 from scidiff.simulators.navier_stokes import FlowParameters, NavierStokes2D, resample
-from scidiff.simulators.registry import available, make, options
+from scidiff.simulators.registry import available, make, options, register
+from scidiff.simulators.trajectory_makers import TRAJECTORY_MAKERS
+
+register(TRAJECTORY_MAKERS)  # the trajectory simulators ("sample", "time", *spatial) in make()
 
 __all__ = [
     "GaussianRandomField",

@@ -405,7 +405,7 @@ def _lookup(name: str) -> Callable[..., xr.Dataset]:
 
 
 
-# trajectory simulators ("sample", "time", *spatial); imported last: they reuse the helpers above
-from scidiff.simulators.trajectory_makers import TRAJECTORY_MAKERS as _TRAJECTORY_MAKERS  # noqa: E402
-
-_REGISTRY.update(_TRAJECTORY_MAKERS)
+def register(makers: dict[str, Callable[..., xr.Dataset]]) -> None:
+    """Add named generators to :func:`make` (the package adds the trajectory simulators of
+    ``trajectory_makers``, which build on the helpers here, so this module need not import them)."""
+    _REGISTRY.update(makers)
