@@ -71,6 +71,20 @@ def test_config_rebuilds_the_same_network() -> None:
     assert torch.equal(twin(x, t, c, e), net(x, t, c, e))
 
 
+def test_unet_and_encoder_share_one_architecture_description() -> None:
+    options = dict(periodic=True, base_channels=8, channel_mults=(1, 2), num_res_blocks=2, attention_levels=(),
+                   num_heads=2, dropout=0.1, time_embedding="fourier", groups=4, fused_attention=False)
+    net = UNet(1, 2, **options)
+    enc = NoisyEncoder(1, 2, 3, **options)
+    assert net.arch == enc.arch  # the same validated description, defaults included
+    shared = {k: v for k, v in net.config.items() if k != "channels"}
+    assert {k: v for k, v in enc.config.items() if k not in ("channels", "out_features")} == shared
+    assert NoisyEncoder(**enc.config).arch == enc.arch
+    for cls, args in ((UNet, (1, 2)), (NoisyEncoder, (1, 2, 3))):
+        with pytest.raises(ValueError, match=rf"{cls.__name__} got unknown option\(s\) \['base_chanels'\]"):
+            cls(*args, base_chanels=8)
+
+
 # ---------------------------------------------------------------- periodicity
 
 
