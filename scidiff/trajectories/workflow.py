@@ -125,7 +125,10 @@ def train_window_model(
     ``UNet(W C, dims)``; checkpoints go to ``out``, and ``out/trajectory.json`` records the rest.
     Returns ``out``.
     """
-    import scidiff as sd
+    from scidiff.models import ScoreModel
+    from scidiff.nets import UNet
+    from scidiff.sde import VPSDE
+    from scidiff.training import TrainConfig, train
     from scidiff.trajectories.data import window_fields
 
     tr = open_trajectories(path, variables, time_dim=time_dim, sample_dim=sample_dim)
@@ -138,14 +141,14 @@ def train_window_model(
     z = ((x - mean.reshape(shape)) / std.reshape(shape)).float()
     data = window_fields(z, window)
     dims = x.ndim - 3
-    net = sd.UNet(window * x.shape[2], dims, periodic=periodic, base_channels=base_channels,
-                  channel_mults=tuple(channel_mults))
-    model = sd.ScoreModel(net, sd.VPSDE(), prediction=prediction)
-    config = sd.TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=min(500, max(1, steps // 10)),
-                            lr_decay="cosine", ema_decay=0.995, seed=seed, checkpoint_every=steps,
-                            log_every=max(1, steps // 20), val_every=0)
+    net = UNet(window * x.shape[2], dims, periodic=periodic, base_channels=base_channels,
+               channel_mults=tuple(channel_mults))
+    model = ScoreModel(net, VPSDE(), prediction=prediction)
+    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=min(500, max(1, steps // 10)),
+                         lr_decay="cosine", ema_decay=0.995, seed=seed, checkpoint_every=steps,
+                         log_every=max(1, steps // 20), val_every=0)
     out = Path(out)
-    sd.train(model, data, config, run_dir=out, device=device, progress=progress)
+    train(model, data, config, run_dir=out, device=device, progress=progress)
     info = WindowRunInfo(
         window=window, variables=list(tr.variables), units=list(tr.units), mean=mean.tolist(), std=std.tolist(),
         state_shape=list(x.shape[2:]), time_units=tr.time_units, interval=tr.interval,
