@@ -18,6 +18,73 @@ from torch import Tensor, nn
 _CONV: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
 
+class _CircularPad(torch.autograd.Function):
+    """Circular padding whose backward folds the wrapped borders back in a few small adds.
+
+    ``F.pad(mode="circular")`` is composed of slices; its backward allocates and fills a full
+    zero tensor per slice and adds them up, which costs several times the convolution it feeds
+    when many vector-Jacobian products run at once (the likelihood's divergence).  Here the
+    backward per padded axis is one copy of the interior plus two border additions.  It is an
+    ``autograd.Function`` with a forward-mode rule and a generated vmap rule, so ``torch.func``
+    transforms (``vjp``, ``jvp``, ``vmap``) and double backward work through it.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor, pad: tuple[int, ...]) -> Tensor:  # type: ignore[override]
+        return F.pad(x, pad, mode="circular")
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        ctx.pad = inputs[1]
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        pad = ctx.pad
+        for k in range(len(pad) // 2):  # F.pad order: last axis first
+            axis = g.ndim - 1 - k
+            lo, hi = pad[2 * k], pad[2 * k + 1]
+            n = g.shape[axis] - lo - hi
+            out = g.narrow(axis, lo, n).clone()
+            if lo:
+                out.narrow(axis, n - lo, lo).add_(g.narrow(axis, 0, lo))
+            if hi:
+                out.narrow(axis, 0, hi).add_(g.narrow(axis, lo + n, hi))
+            g = out
+        return g, None
+
+    @staticmethod
+    def jvp(ctx, x_t: Tensor, _pad: None) -> Tensor:  # type: ignore[override]
+        return F.pad(x_t, ctx.pad, mode="circular")
+
+
+def circular_pad(x: Tensor, pad: tuple[int, ...]) -> Tensor:
+    """``F.pad(x, pad, mode="circular")`` with a cheap backward (see :class:`_CircularPad`)."""
+    return _CircularPad.apply(x, tuple(pad))
+
+
+def _periodic_conv_class(base: type[nn.Module]) -> type[nn.Module]:
+    class PeriodicConv(base):  # type: ignore[misc, valid-type]
+        """A convolution on a periodic grid: circular 'same' padding, then a valid convolution.
+
+        The parameters are those of the plain convolution (same names and shapes).
+        """
+
+        def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1) -> None:
+            super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0)
+            self.circular = (kernel_size // 2,) * (2 * len(self.kernel_size))
+
+        def forward(self, x: Tensor) -> Tensor:
+            return super().forward(circular_pad(x, self.circular))
+
+    PeriodicConv.__name__ = PeriodicConv.__qualname__ = f"Periodic{base.__name__}"
+    return PeriodicConv
+
+
+_PERIODIC_CONV: dict[int, type[nn.Module]] = {d: _periodic_conv_class(c) for d, c in _CONV.items()}
+
+
 def check_dims(dims: int) -> int:
     """Return ``dims`` if it is 1, 2 or 3, else raise ValueError."""
     if isinstance(dims, bool) or not isinstance(dims, int) or dims not in _CONV:
@@ -39,14 +106,9 @@ def conv(
     The padding is circular when ``periodic`` and zeros otherwise.  With
     ``stride=2`` and an even input size N the output has size N / 2.
     """
-    return _CONV[check_dims(dims)](
-        in_channels,
-        out_channels,
-        kernel_size,
-        stride=stride,
-        padding=kernel_size // 2,
-        padding_mode="circular" if periodic else "zeros",
-    )
+    if periodic:
+        return _PERIODIC_CONV[check_dims(dims)](in_channels, out_channels, kernel_size, stride=stride)
+    return _CONV[check_dims(dims)](in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2)
 
 
 class Downsample(nn.Module):
