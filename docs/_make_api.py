@@ -20,7 +20,7 @@ from typing import Any
 MODULES = [
     ("Mathematics", ["scidiff.schedules", "scidiff.parameterisation", "scidiff.sde", "scidiff.ddpm", "scidiff.models",
                      "scidiff.analytic"]),
-    ("Sampling and likelihoods", ["scidiff.sampling", "scidiff.likelihood"]),
+    ("Sampling and likelihoods", ["scidiff.sampling", "scidiff.likelihood", "scidiff.divergence"]),
     ("Guidance, conditioning, inference", ["scidiff.guidance", "scidiff.inference"]),
     ("Networks", ["scidiff.nets"]),
     ("Data, simulators, training", ["scidiff.data", "scidiff.simulators", "scidiff.training", "scidiff.checkpoint"]),

@@ -51,7 +51,7 @@ _EXPORTS: dict[str, str] = {
 }
 
 _SUBMODULES = {
-    "schedules", "sde", "ddpm", "models", "sampling", "likelihood", "guidance",
+    "schedules", "sde", "ddpm", "models", "sampling", "likelihood", "divergence", "guidance",
     "nets", "data", "simulators", "training", "metrics", "plots", "cli", "analytic", "checkpoint",
     "operators", "conditional", "inference", "parameterisation", "runs", "demo", "trajectories",
 }

@@ -59,11 +59,11 @@ ProbeDist = Literal["rademacher", "gaussian"]
 
 # cotangent elements per batched VJP: stacks of about this many numbers measured fastest per
 # product on a 2-core CPU (benchmarks/bench_likelihood.py, section "trace")
-_CHUNK_ELEMENTS = 1 << 15
+_CHUNK_ELEMENTS = 1 << 19
 
 
 def default_chunk_size(bsz: int, d: int) -> int:
-    """Cotangents per batched VJP when none is given: about 2^15 elements per product, >= 1."""
+    """Cotangents per batched VJP when none is given: about 2^19 elements per product, >= 1."""
     return max(1, _CHUNK_ELEMENTS // max(1, bsz * d))
 
 

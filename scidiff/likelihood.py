@@ -233,7 +233,7 @@ def log_likelihood(
         probes: Hutchinson probes, or lattice replicates, per field, fixed over the solve.
         probe_dist: "rademacher" or "gaussian" (Hutchinson only).
         spacing: the lattice spacing (one int, or one per spatial axis).
-        chunk_size: cotangents per batched vector-Jacobian product (default: about 2^15
+        chunk_size: cotangents per batched vector-Jacobian product (default: about 2^19
             cotangent elements per product).
         target_se: a standard error to reach per field, in bits/dim: fields above it are solved
             again with more probes (their estimates pooled), up to ``max_probes`` per field, or

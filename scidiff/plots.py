@@ -520,12 +520,14 @@ def likelihood_histogram(
     *,
     units: str = "nats",
     bins: int = 40,
+    model_se: Any = None,
     path: str | Path | None = None,
 ) -> "Figure":
     """Histogram of per-sample log-likelihoods from the model, against exact values when known.
 
     Left: step histograms on shared bins.  Right (when both are given per sample, same
-    length): model against exact value per sample, with the diagonal.  The values are
+    length): model against exact value per sample, with the diagonal, and +-2 standard
+    errors of the model's estimate as error bars when ``model_se`` is given.  The values are
     drawn as given; ``units`` ("nats" for ``log p``, or "bits/dim") only labels the axes.
 
     Args:
@@ -533,6 +535,8 @@ def likelihood_histogram(
         log_prob_exact: exact values ``[B']`` (e.g. a Gaussian random field's density).
         units: "nats" or "bits/dim".
         bins: number of shared bins.
+        model_se: standard errors of the model values ``[B]`` (same units), e.g.
+            ``LikelihoodResult.bits_per_dim_se``.
         path: where to save the PNG.
     """
     xlabel = _likelihood_label(units)
@@ -555,9 +559,15 @@ def likelihood_histogram(
     if paired:
         ax = axes[1]
         ax.plot([low, high], [low, high], color="0.5", ls=":", lw=1.0)
-        ax.scatter(exact, model, s=8, color=_MODEL_COLOUR)
+        se = None if model_se is None else _vector(model_se, "model_se")
+        if se is not None and se.size == model.size and np.isfinite(se).any():
+            ax.errorbar(exact, model, yerr=2.0 * np.nan_to_num(se), fmt="o", ms=2.5, lw=0.8,
+                        color=_MODEL_COLOUR, ecolor=_MODEL_COLOUR, elinewidth=0.8, capsize=0)
+        else:
+            ax.scatter(exact, model, s=8, color=_MODEL_COLOUR)
         gap = float(np.mean(model - exact))
-        ax.set_title(f"mean(model - exact) = {gap:.3g} {units}", fontsize="small")
+        rms = float(np.sqrt(np.mean((model - exact) ** 2)))
+        ax.set_title(f"mean(model - exact) = {gap:.3g}, RMS {rms:.3g} {units}", fontsize="small")
         ax.set_xlabel(f"exact {xlabel}")
         ax.set_ylabel(f"model {xlabel}")
     return _finish(fig, path)

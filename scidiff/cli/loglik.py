@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 
 from scidiff.cli._common import (
-    add_run_argument, check_out_folder, finish, open_run, positive_int, say, show_progress, subcommand,
+    add_run_argument, check_out_folder, finish, open_run, positive_float, positive_int, say, show_progress, subcommand,
 )
+from scidiff.divergence import ESTIMATORS
 
 __all__ = ["add_parser", "run"]
 
@@ -21,9 +22,17 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     add_run_argument(p)
     p.add_argument("--data", required=True, help="netCDF / HDF5 file with the run's variables on its grid")
-    p.add_argument("--divergence", choices=["exact", "hutchinson"], default="hutchinson",
-                   help="exact: full Jacobian trace (D backward passes per step); hutchinson: unbiased estimate")
-    p.add_argument("--probes", type=positive_int, default=1, help="Hutchinson probes per field")
+    p.add_argument("--divergence", choices=sorted(ESTIMATORS), default="lattice",
+                   help="how tr(ds/dx) is computed: lattice (default; Rademacher probes on a lattice of --spacing, "
+                   "C spacing^dims products per step, per-field error bars), exact (full Jacobian trace, D products "
+                   "per step) or hutchinson (--probes products per step)")
+    p.add_argument("--probes", type=positive_int, default=1,
+                   help="Hutchinson probes, or lattice replicates, per field (default 1)")
+    p.add_argument("--spacing", type=positive_int, default=4,
+                   help="lattice spacing along every spatial axis (default 4; a divisor of the grid size)")
+    p.add_argument("--target-se", type=positive_float, default=None, metavar="BITS",
+                   help="add probes per field (or take the exact trace where cheaper) until the standard error "
+                   "of bits/dim is at most BITS")
     p.add_argument("--n", type=positive_int, default=None, help="only the first N fields")
     p.add_argument("--batch-size", type=positive_int, default=32, help="fields per ODE solve")
     p.add_argument("--rtol", type=float, default=1e-5, help="ODE relative tolerance")
@@ -45,14 +54,24 @@ def run(args: argparse.Namespace) -> int:
     loaded = open_run(args)
     ds = runs.loglik(
         loaded, args.data, divergence=args.divergence, n=args.n, batch_size=args.batch_size, probes=args.probes,
+        spacing=args.spacing, target_se=args.target_se,
         rtol=args.rtol, atol=args.atol, t_min=args.t_min, time_variable=args.time_variable, seed=args.seed,
         progress=show_progress(args),
     )
     runs.write_table(ds, out)
     lp = ds["log_prob"].values
     bpd = ds["bits_per_dim"].values
+    se = ds["bits_per_dim_se"].values
     say(
         f"log p(x) of {lp.size} fields: mean {lp.mean():.6g} nats, {bpd.mean():.4f} bits/dim "
-        f"(min {bpd.min():.4f}, max {bpd.max():.4f}); wrote {out}"
+        f"(min {bpd.min():.4f}, max {bpd.max():.4f}); per-field standard error {_se_text(se)}; wrote {out}"
     )
     return 0
+
+
+def _se_text(se) -> str:
+    import numpy as np
+
+    if np.isnan(se).all():
+        return "not estimated (one probe; use --probes 2 or more, or --divergence lattice)"
+    return f"median {np.nanmedian(se):.2g}, max {np.nanmax(se):.2g} bits/dim"

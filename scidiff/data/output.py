@@ -157,6 +157,8 @@ def loglik_to_dataset(
     sample_dim: str = "sample",
     index: Sequence[int] | np.ndarray | None = None,
     cond: Tensor | np.ndarray | None = None,
+    log_prob_se: Tensor | np.ndarray | None = None,
+    estimator: Sequence[str] | None = None,
 ) -> Any:
     """Per-sample log-likelihoods ``[n]`` as an ``xarray.Dataset``.
 
@@ -164,7 +166,9 @@ def loglik_to_dataset(
     ``-log p(x) / (D ln 2)`` with ``D = C * prod(spatial)``; report them in the data's
     own units by adding ``Normalizer.log_abs_det_jacobian(x)`` to the model's
     ``log p(z)``.  ``index`` (the evaluated samples' positions in the source) is
-    stored as coordinate ``source_index``.
+    stored as coordinate ``source_index``.  ``log_prob_se`` (nats, the divergence
+    estimator's standard error per field) adds ``log_prob_se`` and ``bits_per_dim_se``;
+    ``estimator`` (one name per field) the variable ``divergence``.
     """
     import xarray as xr
 
@@ -191,6 +195,23 @@ def loglik_to_dataset(
             "long_name": f"negative log-density per dimension in bits, -log_prob / (D ln 2), D = {D}",
         }),
     }
+    if log_prob_se is not None:
+        se = _numpy(log_prob_se).reshape(-1)
+        if se.shape != lp.shape:
+            raise ValueError(f"log_prob has shape {lp.shape} but log_prob_se {se.shape}")
+        data_vars["log_prob_se"] = (sample_dim, se, {
+            "units": "nat",
+            "long_name": "standard error of log_prob from the divergence estimator (0: exact trace)",
+        })
+        data_vars["bits_per_dim_se"] = (sample_dim, se / (D * np.log(2.0)), {
+            "units": "bit",
+            "long_name": "standard error of bits_per_dim from the divergence estimator (0: exact trace)",
+        })
+    if estimator is not None:
+        names = np.asarray(list(estimator), dtype=str)
+        if names.shape != lp.shape:
+            raise ValueError(f"estimator has {names.size} entries for {n} log-likelihoods")
+        data_vars["divergence"] = (sample_dim, names, {"long_name": "how tr(ds/dx) was computed for this field"})
     attrs = _attrs({k: v for k, v in template.attrs.items() if k in ("title", "institution", "source", "Conventions")})
     attrs.update(provenance_attrs(provenance, template))
     attrs["variables"] = ", ".join(template.channels)

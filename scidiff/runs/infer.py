@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from scidiff._progress import progress_bar
 from scidiff._validate import check_int
 from scidiff.data import DataError, FieldChunk, FieldSource, loglik_to_dataset, open_fields, write_csv, write_netcdf
 from scidiff.data import fields_to_dataset
+from scidiff.divergence import ESTIMATORS
 from scidiff.likelihood import log_likelihood
 from scidiff.runs.run import LoadedModel, Run
 from scidiff.sampling import SAMPLERS, sampler_options
@@ -195,10 +196,12 @@ def loglik(
     run: Run | LoadedModel | str | os.PathLike[str],
     data: str | os.PathLike[str],
     *,
-    divergence: str = "hutchinson",
+    divergence: str = "lattice",
     n: int | None = None,
     batch_size: int = 32,
     probes: int = 1,
+    spacing: int | Sequence[int] = 4,
+    target_se: float | None = None,
     rtol: float = 1e-5,
     atol: float = 1e-5,
     t_min: float = 1e-5,
@@ -212,11 +215,16 @@ def loglik(
     Args:
         run: a :class:`Run`, its folder, or a :class:`LoadedModel`.
         data: a netCDF/HDF5 file with the run's variables on the run's grid.
-        divergence: "exact" (full Jacobian trace; D vector-Jacobian products per step) or
-            "hutchinson" (unbiased, one per probe and step).
+        divergence: how tr(ds/dx) is computed (:mod:`scidiff.divergence`): "lattice" (the
+            default: Rademacher probes on a lattice of ``spacing``, C spacing^dims
+            vector-Jacobian products per step, per-field error bars), "exact" (the full Jacobian
+            trace, D products per step) or "hutchinson" (``probes`` products per step).
         n: evaluate only the first ``n`` fields.
         batch_size: fields per ODE solve.
-        probes: Hutchinson probes per field, held fixed over the solve.
+        probes: Hutchinson probes, or lattice replicates, per field, held fixed over the solve.
+        spacing: the lattice spacing (one int or one per spatial axis).
+        target_se: a standard error per field to reach, in bits/dim (see
+            :func:`scidiff.log_likelihood`).
         rtol, atol, t_min, time_variable: the PF-ODE solve (see ``docs/samplers.md``);
             ``time_variable=None`` takes ``scidiff.log_likelihood``'s default.
         seed: seeds the Hutchinson probes.
@@ -224,11 +232,13 @@ def loglik(
         device: where to load the model when ``run`` is not loaded yet.
 
     Returns:
-        An ``xarray.Dataset`` with ``log_prob`` (nats) and ``bits_per_dim`` per field, the
-        fields' positions in the file (``source_index``), their parameters, and provenance.
+        An ``xarray.Dataset`` with ``log_prob`` (nats), ``bits_per_dim`` and their standard
+        errors ``log_prob_se``, ``bits_per_dim_se`` per field, the estimator used per field
+        (``divergence``), the fields' positions in the file (``source_index``), their
+        parameters, and provenance.
     """
-    if divergence not in ("exact", "hutchinson"):
-        raise ValueError(f"divergence must be 'exact' or 'hutchinson', got {divergence!r}")
+    if divergence not in ESTIMATORS:
+        raise ValueError(f"divergence must be one of {sorted(ESTIMATORS)}, got {divergence!r}")
     if time_variable is None:
         time_variable = inspect.signature(log_likelihood).parameters["time_variable"].default
     if n is not None:
@@ -240,7 +250,7 @@ def loglik(
     generator = torch.Generator(device=loaded.device).manual_seed(int(seed))
     dtype = next(loaded.model.parameters()).dtype
     d = math.prod(run.field_shape)
-    log_prob, index, thetas = [], [], []
+    log_prob, log_prob_se, names, index, thetas = [], [], [], [], []
     nfe = 0
     bar = progress_bar(total, f"log-likelihood ({divergence})", enabled=progress, unit="field")
     try:
@@ -250,11 +260,13 @@ def loglik(
             score = loaded.score(chunk.cond)
             res = log_likelihood(
                 score, loaded.model.sde, z.to(device=loaded.device, dtype=dtype), divergence=divergence,  # type: ignore[arg-type]
-                probes=probes, rtol=rtol, atol=atol, t_min=t_min, time_variable=time_variable,  # type: ignore[arg-type]
-                generator=generator,
+                probes=probes, spacing=spacing, target_se=target_se, rtol=rtol, atol=atol, t_min=t_min,
+                time_variable=time_variable, generator=generator,  # type: ignore[arg-type]
             )
             nfe += res.nfe
             log_prob.append(res.log_prob.detach().double().cpu() + loaded.normalizer.log_abs_det_jacobian(x))
+            log_prob_se.append(res.log_prob_se.detach().double().cpu())
+            names.extend(res.divergence)
             index.append(np.asarray(chunk.index))
             if chunk.cond is not None:
                 thetas.append(chunk.cond)
@@ -269,7 +281,9 @@ def loglik(
         **loaded.provenance(),
         "data": str(Path(data).resolve()),
         "divergence": divergence,
-        "probes": probes if divergence == "hutchinson" else 0,
+        "probes": probes if divergence != "exact" else 0,
+        "spacing": str(spacing) if divergence == "lattice" else "",
+        "target_se_bits_per_dim": float(target_se) if target_se is not None else 0.0,
         "rtol": rtol,
         "atol": atol,
         "t_min": t_min,
@@ -280,6 +294,7 @@ def loglik(
     return loglik_to_dataset(
         lp, bpd, template, provenance=provenance, sample_dim=template.sample_dim,
         index=np.concatenate(index), cond=torch.cat(thetas) if thetas else None,
+        log_prob_se=torch.cat(log_prob_se), estimator=names,
     )
 
 
