@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from scidiff._ode import ODESolve, PFODEDrift, TimeVariableName
-from scidiff.sampling.base import Sampler, check_t_min
+from scidiff.sampling.base import Sampler, StepContext, check_t_min
 
 __all__ = ["ProbabilityFlowODE"]
 
@@ -47,7 +47,7 @@ class ProbabilityFlowODE(Sampler):
         self.t_min = check_t_min(t_min)
         self.denoise = bool(denoise)
 
-    def options(self):
+    def options(self) -> dict[str, object]:
         s = self.solver
         return {"method": s.method, "rtol": s.rtol, "atol": s.atol, "steps": s.steps,
                 "time_variable": s.time_variable, "t_min": self.t_min, "denoise": self.denoise}
@@ -58,7 +58,5 @@ class ProbabilityFlowODE(Sampler):
         x_end = self.solver(PFODEDrift(score, var, self.t_min, 1.0), x, u)
         if not self.denoise:
             return x_end
-        from scidiff.sampling.base import StepContext
-
         ctx = StepContext(score, sde, torch.tensor([self.t_min], dtype=torch.float64), x_end, generator)
         return ctx.x0(x_end, 0)
