@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+import subprocess
+import os
 import tomllib
 from pathlib import Path
 
@@ -274,6 +277,57 @@ def test_loglik_matches_the_closed_form_in_data_units(
     # the divergence of s = 0 is 0 for both estimators, so only the solver's error remains
     np.testing.assert_allclose(log_prob, exact, rtol=0, atol=5 * rtol * d * math.log(c))
     np.testing.assert_allclose(bpd, -log_prob / (d * math.log(2.0)), rtol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def trained_run(workdir: Path, data_file: Path) -> Path:
+    """A run trained for a few steps, so that its score depends on x (the untrained output layer is zero)."""
+    run = workdir / "trained_run"
+    rc = run_cli("train", "--data", str(data_file), "--var", "T", "--out", str(run), "--steps", "30", "--lr", "1e-2",
+                 "--warmup-steps", "0", "--periodic", *TINY_NET)
+    assert rc == 0
+    return run
+
+
+def test_loglik_default_lattice_gives_standard_errors(trained_run: Path, data_file: Path, workdir: Path) -> None:
+    out = workdir / "loglik_lattice.nc"
+    assert run_cli("loglik", str(trained_run), "--data", str(data_file), "--n", "5", "--out", str(out)) == 0
+    with xr.open_dataset(out) as ds:
+        assert ds.attrs["divergence"] == "lattice" and list(ds["divergence"].values) == ["lattice"] * 5
+        se = ds["bits_per_dim_se"].values
+        assert np.isfinite(se).all() and (se > 0).all()
+        np.testing.assert_allclose(ds["log_prob_se"].values, se * SIZE * SIZE * math.log(2.0), rtol=1e-12)
+    # the exact trace of the same model: within a few of the reported standard errors
+    exact = workdir / "loglik_lattice_exact.nc"
+    assert run_cli("loglik", str(trained_run), "--data", str(data_file), "--n", "5", "--divergence", "exact",
+                   "--out", str(exact)) == 0
+    with xr.open_dataset(exact) as ref, xr.open_dataset(out) as ds:
+        assert (ref["log_prob_se"].values == 0).all()
+        err = np.abs(ds["log_prob"].values - ref["log_prob"].values)
+        assert (err <= 5 * ds["log_prob_se"].values + 1e-6).all(), (err, ds["log_prob_se"].values)
+
+
+@pytest.mark.slow
+def test_loglik_split_across_processes_writes_one_table_in_order(trained_run: Path, data_file: Path,
+                                                                 workdir: Path) -> None:
+    """torchrun with two processes: each solves whole batches, rank 0 writes the table in the file's
+    order, and the values are those of one process (probes are seeded per batch)."""
+    one, two = workdir / "loglik_one.nc", workdir / "loglik_two.nc"
+    seven = _write_fields(workdir / "seven.nc", 7, SIZE, seed=0)  # torchrun's parser would take --n for its own
+    common = ["--data", str(seven), "--batch-size", "2", "--no-progress"]
+    assert run_cli("loglik", str(trained_run), *common[:-1], "--out", str(one)) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "scidiff.cli",
+         "loglik", str(trained_run), *common, "--out", str(two)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with xr.open_dataset(one) as a, xr.open_dataset(two) as b:
+        np.testing.assert_array_equal(b["source_index"].values, np.arange(7))
+        np.testing.assert_allclose(b["log_prob"].values, a["log_prob"].values, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(b["log_prob_se"].values, a["log_prob_se"].values, rtol=0, atol=1e-9)
+        assert int(b.attrs["processes"]) == 2 and int(a.attrs["processes"]) == 1
 
 
 # ---- evaluate ------------------------------------------------------------------------------------
