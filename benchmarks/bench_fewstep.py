@@ -44,7 +44,7 @@ from _common import REPO, Section, load_average, parse_script_args, report, scri
 sys.path.insert(0, str(REPO))
 import scidiff as sd  # noqa: E402
 from scidiff.metrics import spectrum_error  # noqa: E402
-from scidiff.sampling import SAMPLERS, make_sampler  # noqa: E402
+from scidiff.sampling import make_sampler  # noqa: E402
 from scidiff.simulators import GaussianRandomField  # noqa: E402
 
 NFES = (5, 10, 20, 50)

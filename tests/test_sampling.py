@@ -376,7 +376,7 @@ def test_grids():
         sampling.make_grid([0.5, 0.9])
     with pytest.raises(ValueError, match="unknown grid 'cosine'"):
         sampling.make_grid("cosine")
-    with pytest.raises(ValueError, match="has 3 points"):
+    with pytest.raises(ValueError, match="has 3 points but ddim with steps=5"):
         sd.sample(lambda x, t: -x, sd.VPSDE(), (2, 2), "ddim", grid=[0.9, 0.5, 0.1], steps=5, progress=False)
 
 

@@ -197,6 +197,12 @@ class GridSampler(Sampler):
         self.steps = check_steps(steps)
         self.t_min = check_t_min(t_min)
         self.denoise = bool(denoise)
+        size = getattr(self.grid, "size", None)
+        if size is not None and self.points() != size:
+            raise ValueError(
+                f"the given grid has {size} points but {self.name} with steps={self.steps} needs {self.points()}; "
+                "omit steps to take the grid's size"
+            )
 
     # ---- sizes ------------------------------------------------------------------------
     def points(self) -> int:
@@ -216,7 +222,9 @@ class GridSampler(Sampler):
     def step(self, ctx: StepContext, k: int, x: Tensor) -> Tensor:
         """x_{t_{k+1}} from x_{t_k} [B, *event]."""
 
-    def run(self, score, sde, x, *, generator, progress):
+    def run(
+        self, score: NFECounter, sde: VPSDE, x: Tensor, *, generator: torch.Generator | None, progress: bool
+    ) -> Tensor:
         times = self.grid.times(self.points(), sde.schedule, self.t_min)
         ctx = StepContext(score, sde, times, x, generator)
         bar = progress_bar(ctx.n - 1 + int(self.denoise), self.name, progress)

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import torch
 
-from scidiff._ode import ODESolve, PFODEDrift, TimeVariableName
+from torch import Tensor
+
+from scidiff._ode import NFECounter, ODESolve, PFODEDrift, TimeVariableName
 from scidiff.sampling.base import Sampler, StepContext, check_t_min
+from scidiff.sde import VPSDE
 
 __all__ = ["ProbabilityFlowODE"]
 
@@ -52,7 +55,9 @@ class ProbabilityFlowODE(Sampler):
         return {"method": s.method, "rtol": s.rtol, "atol": s.atol, "steps": s.steps,
                 "time_variable": s.time_variable, "t_min": self.t_min, "denoise": self.denoise}
 
-    def run(self, score, sde, x, *, generator, progress):
+    def run(
+        self, score: NFECounter, sde: VPSDE, x: Tensor, *, generator: torch.Generator | None, progress: bool
+    ) -> Tensor:
         var = self.solver.variable(sde.schedule)
         u = var.u_of_t(torch.tensor([1.0, self.t_min], dtype=torch.float64, device=x.device))
         x_end = self.solver(PFODEDrift(score, var, self.t_min, 1.0), x, u)
