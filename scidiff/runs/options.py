@@ -18,6 +18,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from scidiff._atomic import write_text_atomically
 from scidiff._toml import read_toml, toml_table
 from scidiff._validate import check_options
@@ -113,8 +115,16 @@ class ModelOptions:
         """Every spatial size of a periodic network must be a multiple of this, 2**(levels - 1)."""
         return 2 ** (len(self.channel_mults) - 1)
 
-    def build(self, channels: int, dims: int, num_params: int) -> ScoreModel:
-        """The ScoreModel: a UNet on ``channels`` fields in ``dims`` D and the VP-SDE."""
+    def build(self, channels: int, dims: int, num_params: int, *, seed: int | None = None) -> ScoreModel:
+        """The ScoreModel: a UNet on ``channels`` fields in ``dims`` D and the VP-SDE.
+
+        With ``seed`` the initial weights are drawn from a CPU generator seeded with it (in a
+        forked RNG, so torch's global generator is left as it was): one seed, one network.
+        """
+        if seed is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(seed))
+                return self.build(channels, dims, num_params)
         net = UNet(
             channels=channels,
             dims=dims,

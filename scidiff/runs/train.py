@@ -128,7 +128,7 @@ def train(
             train = train.replace(batch_size=len(train_ds))  # type: ignore[arg-type]
         if val_ds is None:
             train = train.replace(val_every=0)
-        score_model = model.build(source.num_channels, len(spatial), len(source.cond_names))
+        score_model = model.build(source.num_channels, len(spatial), len(source.cond_names), seed=train.seed)
         run.save()
         write_config(run_dir / CONFIG_FILE, data, model, train)
         trainer = Trainer(score_model, train, run_dir=run_dir, resume=resume, normalizer=normalizer, device=device)
