@@ -95,3 +95,49 @@ def test_same_seed_gives_identical_weights(data: Path, dropout: Path, tmp_path: 
     a, b, c = (_weights(tmp_path / n) for n in "abc")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+# ---- divergence fails loudly -----------------------------------------------------------------
+def test_divergence_stops_training_and_keeps_the_last_finite_checkpoint(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A learning rate of 1e6 makes the loss non-finite: training stops with a non-zero exit and one line
+    naming the step and what to try, and ``latest`` still names the last finite checkpoint."""
+    run = tmp_path / "run"
+    assert _train(data, run, "--checkpoint-every", "2") == 0
+    before = _weights(run)
+    capsys.readouterr()
+    code = _train(data, run, "--resume", "--lr", "1e6", "--checkpoint-every", "2", steps=40)
+    assert code != 0
+    line = _one_error_line(capsys, "non-finite", "step", "--lr")
+    assert "step_00000004" in line
+    from scidiff.checkpoint import resolve_checkpoint
+
+    assert resolve_checkpoint(run).name == "step_00000004"
+    after = _weights(run)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def _poison(run: Path) -> None:
+    """Rewrite the latest checkpoint of ``run`` with NaN in one EMA weight (digests recomputed)."""
+    from scidiff.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(run)
+    next(ckpt.ema_model.parameters()).data.view(-1)[0] = float("nan")
+    save_checkpoint(ckpt.path, ckpt.raw_model, ema_model=ckpt.ema_model, config=ckpt.config, step=ckpt.step,
+                    normalizer=ckpt.normalizer, field_shape=ckpt.field_shape)
+
+
+def test_sample_and_loglik_refuse_a_model_with_non_finite_weights(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A checkpoint holding NaN weights is refused in one line by sample and loglik; nothing is written."""
+    run = tmp_path / "run"
+    assert _train(data, run) == 0
+    _poison(run)
+    capsys.readouterr()
+    assert cli("sample", run, "--n", "2", "--out", tmp_path / "s.nc") != 0
+    _one_error_line(capsys, "non-finite", "weight")
+    assert cli("loglik", run, "--data", data, "--n", "2", "--out", tmp_path / "l.csv") != 0
+    _one_error_line(capsys, "non-finite", "weight")
+    assert not (tmp_path / "s.nc").exists() and not (tmp_path / "l.csv").exists()

@@ -44,7 +44,7 @@ from scidiff.guidance.cfg import condition
 from scidiff.models import ScoreModel
 from scidiff.runs.options import CONFIG_FILE, DataOptions, ModelOptions, _from_table
 
-__all__ = ["Run", "RunError", "LoadedModel", "load_run", "RUN_FILE"]
+__all__ = ["Run", "RunError", "LoadedModel", "load_run", "check_finite_weights", "RUN_FILE"]
 
 RUN_FILE = "run.json"
 LOCK_FILE = "lock"
@@ -166,6 +166,7 @@ class Run:
             raise RunError(
                 f"checkpoint {str(ckpt.path)!r} holds no normalisation statistics; it was not made by scidiff train"
             )
+        check_finite_weights(ckpt.model, f"checkpoint {str(ckpt.path)!r}")
         return LoadedModel(run=self, model=ckpt.model, normalizer=normalizer, checkpoint=ckpt, device=dev)
 
     def condition(self, theta: Tensor) -> Tensor:
@@ -265,6 +266,21 @@ class Run:
     def is_run(path: str | os.PathLike[str]) -> bool:
         """Whether ``path`` is a folder holding a run (its ``run.json``)."""
         return (Path(path) / RUN_FILE).is_file()
+
+
+def check_finite_weights(model: torch.nn.Module, source: str) -> None:
+    """Raise a RunError naming the first parameter or buffer of ``model`` holding NaN or inf.
+
+    A model trained into divergence draws only NaN fields and NaN likelihoods; refusing it
+    here turns that into one line before any sampling or solving.
+    """
+    for name, value in [*model.named_parameters(), *model.named_buffers()]:
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise RunError(
+                f"{source} holds non-finite weights ({bad} of {value.numel()} values of {name} are NaN or inf): "
+                "its training diverged; train again with a lower --lr or a longer --warmup-steps"
+            )
 
 
 def _lock_owner(file: Path) -> tuple[int | None, str | None]:

@@ -17,12 +17,13 @@ from scidiff.training.config import TrainConfig
 from scidiff.training.distributed import DistContext
 from scidiff.training.ema import EMA
 from scidiff.training.losses import ddpm_loss, dsm_loss, sample_time
-from scidiff.training.trainer import Trainer, TrainResult, ddpm_for, lr_at, train
+from scidiff.training.trainer import Trainer, TrainingDiverged, TrainResult, ddpm_for, lr_at, train
 
 __all__ = [
     "TrainConfig",
     "Trainer",
     "TrainResult",
+    "TrainingDiverged",
     "train",
     "dsm_loss",
     "ddpm_loss",

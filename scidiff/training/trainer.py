@@ -43,7 +43,21 @@ from scidiff.training.ema import EMA
 from scidiff.training.losses import ddpm_loss, dsm_loss
 from scidiff._progress import progress_bar
 
-__all__ = ["Trainer", "TrainResult", "train", "lr_at", "ddpm_for"]
+__all__ = ["Trainer", "TrainResult", "TrainingDiverged", "train", "lr_at", "ddpm_for"]
+
+
+class TrainingDiverged(ValueError):
+    """The loss or the gradient norm became non-finite: training stopped before saving the bad weights.
+
+    Attributes:
+        step: the first optimiser step (1-based, as in the history) with a non-finite loss.
+        checkpoint: the newest checkpoint kept (all finite), or None if none was saved.
+    """
+
+    def __init__(self, message: str, *, step: int, checkpoint: Path | None) -> None:
+        super().__init__(message)
+        self.step = step
+        self.checkpoint = checkpoint
 
 
 def lr_at(config: TrainConfig, step: int) -> float:
@@ -294,6 +308,9 @@ class Trainer:
         bar = progress_bar(end, "train", enabled=show and end > self.step, initial=self.step)
         # running [loss sum, grad-norm sum, count] since the last history entry (kept in checkpoints)
         stats = self._pending.to(self.device).clone()
+        # the first step whose loss or gradient norm was non-finite (-1: none), kept on the
+        # device and read only where the loop synchronises anyway (history entries, checkpoints)
+        first_bad = torch.full((), -1, dtype=torch.int64, device=self.device)
         position = self.data_position if self.data_position is not None else source.start_position(self.step)
         batches = source.batches(position)
         try:
@@ -304,6 +321,8 @@ class Trainer:
                 if self.field_shape is None:
                     self.field_shape = tuple(int(s) for s in x.shape[1:])
                 loss, grad_norm = self.train_step(x, c)
+                finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
+                first_bad = torch.where(finite | (first_bad >= 0), first_bad, torch.full_like(first_bad, self.step))
                 self.data_position = source.position
                 stats += torch.stack([loss.double(), grad_norm.double(), stats.new_ones(())])
                 entry: dict[str, float] = {}
@@ -312,13 +331,15 @@ class Trainer:
                     stats.zero_()
                 if val_data is not None and cfg.val_every and self.step % cfg.val_every == 0 and self.dist.is_main:
                     entry["val_loss"] = self.validate(val_data, val_cond)
+                due = cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
+                if entry or due or self.step == end:
+                    self._check_finite(first_bad)
                 if entry:
                     entry = {"step": self.step, **entry}
                     self.history.append(entry)
                     bar.set_postfix({k: f"{v:.4g}" for k, v in entry.items() if k in ("loss", "val_loss")})
                     if callback is not None and self.dist.is_main:
                         callback(self, entry)
-                due = cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
                 if self.run_dir is not None and (due or self.step == end):
                     self._pending = self._gather_pending(stats)
                     self.save()
@@ -328,6 +349,21 @@ class Trainer:
         self._pending = stats.detach().clone()
         self.dist.barrier()
         return self.history
+
+    def _check_finite(self, first_bad: Tensor) -> None:
+        """Raise :class:`TrainingDiverged` if a step since the last check had a non-finite loss."""
+        step = int(first_bad)
+        if step < 0:
+            return
+        kept = None if self.run_dir is None else CheckpointFolder(self.run_dir).latest()
+        where = (f"the latest checkpoint stays {str(kept)!r}" if kept is not None
+                 else "no checkpoint was saved")
+        raise TrainingDiverged(
+            f"training diverged: the loss became non-finite at step {step} (learning rate {lr_at(self.config, step - 1):g}); "
+            f"nothing after it was saved and {where}; try a lower --lr (lr), a longer --warmup-steps "
+            f"(warmup_steps) or a smaller grad_clip (now {self.config.grad_clip:g}), then --resume",
+            step=step, checkpoint=kept,
+        )
 
     def _gather_pending(self, stats: Tensor) -> Tensor:
         """Sum the running log statistics onto rank 0 (zero elsewhere) so a checkpoint holds them all."""
