@@ -141,3 +141,103 @@ def test_sample_and_loglik_refuse_a_model_with_non_finite_weights(
     assert cli("loglik", run, "--data", data, "--n", "2", "--out", tmp_path / "l.csv") != 0
     _one_error_line(capsys, "non-finite", "weight")
     assert not (tmp_path / "s.nc").exists() and not (tmp_path / "l.csv").exists()
+
+
+# ---- validate everything, then write -----------------------------------------------------------
+def _two_channels(path: Path) -> Path:
+    with xr.open_dataset(_fields(path.with_suffix(".one.nc")), engine="h5netcdf") as ds:
+        ds = ds.load()
+    ds["U"] = ds["T"] * 2.0
+    ds.to_netcdf(path, engine="h5netcdf")
+    return path
+
+
+@pytest.mark.parametrize("change", ["width", "grid", "channels", "data file"])
+def test_resume_with_other_data_or_architecture_changes_nothing(
+    change: str, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--resume with a different width, grid, channel count or data file fails in one line naming the
+    difference, and every file of the run folder is left as it was."""
+    run = tmp_path / "run"
+    assert _train(data, run) == 0
+    before = _snapshot(run)
+    capsys.readouterr()
+    if change == "width":
+        code = _train(data, run, "--resume", "--base-channels", "16", steps=8)
+        words = ["base_channels"]
+    elif change == "grid":
+        code = _train(_fields(tmp_path / "big.nc", size=16), run, "--resume", steps=8)
+        words = ["file"]
+    elif change == "channels":
+        code = cli("train", "--data", _two_channels(tmp_path / "two.nc"), "--var", "T,U", "--out", run,
+                   "--resume", "--steps", "8", *TINY)
+        words = ["variables"]
+    else:
+        code = _train(_fields(tmp_path / "other.nc", seed=5), run, "--resume", steps=8)
+        words = ["file"]
+    assert code != 0
+    _one_error_line(capsys, "--resume", *words)
+    assert _snapshot(run) == before
+
+
+def test_resume_reads_the_runs_own_options(data: Path, tmp_path: Path) -> None:
+    """`train --resume --out RUN --steps N` needs no other option: they come from RUN/config.toml."""
+    run = tmp_path / "run"
+    assert _train(data, run) == 0
+    assert cli("train", "--out", run, "--resume", "--steps", "6") == 0
+    from scidiff.checkpoint import resolve_checkpoint
+
+    assert resolve_checkpoint(run).name == "step_00000006"
+
+
+def _bad_data(tmp_path: Path, kind: str) -> Path:
+    path = _fields(tmp_path / f"{kind}.nc")
+    with xr.open_dataset(path, engine="h5netcdf") as ds:
+        ds = ds.load()
+    if kind == "nan":
+        ds["T"][3, 2, 1] = np.nan
+    else:
+        ds["T"][:] = 1.5
+    out = tmp_path / f"{kind}-data.nc"
+    ds.to_netcdf(out, engine="h5netcdf")
+    return out
+
+
+@pytest.mark.parametrize("problem", ["nan", "constant", "device"])
+def test_overwrite_that_fails_keeps_the_old_run(
+    problem: str, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--overwrite with NaN data, constant data or an unavailable device fails in one line and the old
+    run is still there, whole, with no temporaries left."""
+    run = tmp_path / "run"
+    assert _train(data, run) == 0
+    before = _snapshot(run)
+    capsys.readouterr()
+    if problem == "device":
+        code = _train(data, run, "--overwrite", "--device", "cuda:77" if torch.cuda.is_available() else "cuda")
+    else:
+        code = _train(_bad_data(tmp_path, problem), run, "--overwrite")
+    assert code != 0
+    _one_error_line(capsys)
+    assert _snapshot(run) == before
+    assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in run.iterdir() if not p.name.startswith("."))
+
+
+def test_overwrite_replaces_the_run_and_leaves_no_copy(data: Path, tmp_path: Path) -> None:
+    """A successful --overwrite leaves only the new run (the old one was kept aside until its first checkpoint)."""
+    run = tmp_path / "run"
+    assert _train(data, run, "--seed", "1") == 0
+    assert _train(data, run, "--overwrite", "--seed", "2", steps=2) == 0
+    from scidiff.checkpoint import resolve_checkpoint
+
+    assert resolve_checkpoint(run).name == "step_00000002"
+    assert [p.name for p in run.rglob(".*")] == []
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000002"]
+
+
+def test_failed_first_training_leaves_no_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A training that fails before its first checkpoint does not leave an empty --out folder behind."""
+    out = tmp_path / "new-run"
+    assert _train(_bad_data(tmp_path, "constant"), out) != 0
+    _one_error_line(capsys, "constant")
+    assert not out.exists()

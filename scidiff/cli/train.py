@@ -24,7 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--cond", type=names, help="parameters along the sample dim to condition on: P[,P]")
     p.add_argument("--out", required=True, help="the run folder")
     p.add_argument("--config", help="a TOML file of options (e.g. a previous RUN/config.toml)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint, with its own options (RUN/config.toml) "
+                   "unless --config is given; only training options (--steps, --lr, ...) may change")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     g = p.add_argument_group("data")
     g.add_argument("--sample-dim", help="the dim indexing fields (default: guessed)")
@@ -64,8 +66,15 @@ def options_from(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     from scidiff.runs import DataOptions, ModelOptions, read_config
     from scidiff.training import TrainConfig
 
+    from pathlib import Path
+
+    from scidiff.runs import CONFIG_FILE
+
+    saved = Path(args.out) / CONFIG_FILE
     if args.config:
         data, model, train = read_config(args.config)
+    elif args.resume and saved.is_file():  # a resumed run starts from its own options
+        data, model, train = read_config(saved)
     else:
         data, model, train = DataOptions(), ModelOptions(), TrainConfig()
     data = dataclasses.replace(data, **{f: getattr(args, a) for a, f in _DATA.items() if getattr(args, a) is not None})

@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import socket
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,9 +37,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from scidiff._atomic import write_text_atomically
+from scidiff._atomic import fsync_dir, write_text_atomically
 from scidiff._version import __version__
 from scidiff.checkpoint import Checkpoint, CheckpointFolder, CheckpointNotFoundError, load_checkpoint
+from scidiff.training.checkpoint import CHECKPOINTS_DIR, LATEST_FILE
 from scidiff.data import FieldTemplate, Normalizer
 from scidiff.guidance.cfg import condition
 from scidiff.models import ScoreModel
@@ -49,6 +51,10 @@ __all__ = ["Run", "RunError", "LoadedModel", "load_run", "check_finite_weights",
 RUN_FILE = "run.json"
 LOCK_FILE = "lock"
 RUN_FORMAT = "scidiff-run"
+ASIDE = ".overwritten.old-"
+"""Prefix of the hidden folder an ``--overwrite`` keeps the old run in until the new one's first checkpoint."""
+RUN_ENTRIES = (RUN_FILE, CONFIG_FILE, CHECKPOINTS_DIR, LATEST_FILE)
+"""What of a run folder is the run (what ``--overwrite`` replaces)."""
 
 
 class RunError(ValueError):
@@ -196,6 +202,74 @@ class Run:
         return write_text_atomically(self.run_file, json.dumps(self.to_dict(), indent=1))
 
     @staticmethod
+    def check_target(path: str | os.PathLike[str], *, resume: bool = False, overwrite: bool = False) -> bool:
+        """Whether ``path`` already holds a run, raising if it may not be trained into; changes nothing.
+
+        Raises:
+            RunError: a run is already there and neither ``resume`` nor ``overwrite`` is given,
+                both are given, or ``path`` is a file.
+        """
+        run_dir = Path(path)
+        if resume and overwrite:
+            raise RunError("--resume and --overwrite exclude each other: continue the run, or replace it")
+        if run_dir.exists() and not run_dir.is_dir():
+            raise RunError(f"{str(run_dir)!r} is a file, not a folder for the run")
+        has_run = (run_dir / RUN_FILE).is_file() or CheckpointFolder(run_dir).folder.is_dir()
+        if has_run and not (resume or overwrite):
+            raise RunError(
+                f"{str(run_dir)!r} already holds a run; pass --resume to continue it or --overwrite to start afresh"
+            )
+        return has_run
+
+    @staticmethod
+    def set_aside(path: str | os.PathLike[str]) -> Path | None:
+        """Move the run in ``path`` (run.json, config.toml, checkpoints/, latest) into a hidden folder.
+
+        The folder, ``path/.overwritten.old-XXXXXXXX``, keeps the old run until the new one has
+        a checkpoint (:meth:`drop_aside`) or puts it back if the new one fails first
+        (:meth:`put_back`); a process killed in between leaves it for :meth:`recover`.
+        Returns the folder, or None when there was nothing to move.
+        """
+        run_dir = Path(path)
+        present = [name for name in RUN_ENTRIES if (run_dir / name).exists()]
+        if not present:
+            return None
+        aside = run_dir / f"{ASIDE}{uuid.uuid4().hex[:8]}"
+        aside.mkdir()
+        for name in present:
+            os.replace(run_dir / name, aside / name)
+        fsync_dir(run_dir)
+        return aside
+
+    @staticmethod
+    def put_back(path: str | os.PathLike[str], aside: Path) -> None:
+        """Undo :meth:`set_aside`: remove the new run's files and move the old ones back."""
+        run_dir = Path(path)
+        for name in RUN_ENTRIES:
+            _remove(run_dir / name)
+        for entry in aside.iterdir():
+            os.replace(entry, run_dir / entry.name)
+        aside.rmdir()
+        fsync_dir(run_dir)
+
+    @staticmethod
+    def drop_aside(aside: Path | None) -> None:
+        """Remove a run set aside by :meth:`set_aside` (the new run has its first checkpoint)."""
+        if aside is not None and aside.exists():
+            shutil.rmtree(aside, ignore_errors=True)
+
+    @staticmethod
+    def recover(path: str | os.PathLike[str]) -> None:
+        """Finish an overwrite cut short: a run set aside is dropped if the new run has a checkpoint,
+        else put back."""
+        run_dir = Path(path)
+        for aside in sorted(run_dir.glob(f"{ASIDE}*")) if run_dir.is_dir() else []:
+            if CheckpointFolder(run_dir).latest() is not None:
+                Run.drop_aside(aside)
+            else:
+                Run.put_back(run_dir, aside)
+
+    @staticmethod
     def prepare(path: str | os.PathLike[str], *, resume: bool = False, overwrite: bool = False) -> Path:
         """Make ``path`` ready for a run: create it, or (``overwrite``) clear a run in it.
 
@@ -204,14 +278,8 @@ class Run:
                 or ``path`` is a file.
         """
         run_dir = Path(path)
-        if run_dir.exists() and not run_dir.is_dir():
-            raise RunError(f"{str(run_dir)!r} is a file, not a folder for the run")
+        has_run = Run.check_target(run_dir, resume=resume, overwrite=overwrite)
         checkpoints = CheckpointFolder(run_dir)
-        has_run = (run_dir / RUN_FILE).is_file() or checkpoints.folder.is_dir()
-        if has_run and not (resume or overwrite):
-            raise RunError(
-                f"{str(run_dir)!r} already holds a run; pass --resume to continue it or --overwrite to start afresh"
-            )
         if overwrite and has_run:
             checkpoints.clear()
             for name in (RUN_FILE, CONFIG_FILE):
@@ -281,6 +349,13 @@ def check_finite_weights(model: torch.nn.Module, source: str) -> None:
                 f"{source} holds non-finite weights ({bad} of {value.numel()} values of {name} are NaN or inf): "
                 "its training diverged; train again with a lower --lr or a longer --warmup-steps"
             )
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 def _lock_owner(file: Path) -> tuple[int | None, str | None]:

@@ -8,6 +8,7 @@ written, and the :class:`scidiff.training.Trainer` (EMA, checkpoints, resume) ru
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -21,7 +22,8 @@ from torch.utils.data import Dataset
 from scidiff.data import FieldDataset, FieldSource, Normalizer, check_spatial_size, open_fields
 from scidiff.nets import count_parameters
 from scidiff.runs.options import CONFIG_FILE, DataOptions, ModelOptions, write_config
-from scidiff.runs.run import Run
+from scidiff.runs.run import RUN_ENTRIES, Run, RunError, _remove
+from scidiff.checkpoint import CheckpointFolder
 from scidiff.training import TrainConfig, Trainer
 
 __all__ = ["train", "TrainSummary", "open_training_data"]
@@ -96,50 +98,130 @@ def train(
     """
     start = time.perf_counter()
     run_dir = Path(run_dir)
+    Run.check_target(run_dir, resume=resume, overwrite=overwrite)
     data.file = str(Path(data.file).expanduser().resolve()) if data.file else data.file
     source = open_training_data(data)
     spatial = source.spatial_shape
     if model.periodic:
         check_spatial_size(spatial, model.multiple, dims=source.spatial_dims, source=source.path.name)
-    with Run.lock(run_dir):
-        Run.prepare(run_dir, resume=resume, overwrite=overwrite)
-        split = dict(val_fraction=data.val_fraction, seed=data.split_seed)
-        train_plain = FieldDataset(source, split="train", **split)
-        normalizer = Normalizer.fit(train_plain, log=data.log, progress=progress)
-        train_ds: Dataset = FieldDataset(source, split="train", normalizer=normalizer, **split)
-        val_ds: Dataset | None = (
-            FieldDataset(source, split="val", normalizer=normalizer, **split) if data.val_fraction > 0 else None
+    device = usable_device(device)
+    created = not run_dir.exists()
+    try:
+        with Run.lock(run_dir):
+            try:
+                trainer, run, train_ds, val_ds, train = _prepare_and_train(
+                    run_dir, source, data, model, train, resume=resume, overwrite=overwrite, device=device,
+                    progress=progress,
+                )
+            except BaseException:
+                if created and CheckpointFolder(run_dir).latest() is None:
+                    for name in RUN_ENTRIES:  # a first training that saved nothing leaves nothing
+                        _remove(run_dir / name)
+                raise
+    except BaseException:
+        if created and run_dir.is_dir():
+            try:
+                run_dir.rmdir()  # only if empty
+            except OSError:
+                pass
+        raise
+    return TrainSummary(
+        run=run, step=trainer.step, history=trainer.history, seconds=time.perf_counter() - start,
+        num_train=len(train_ds), num_val=0 if val_ds is None else len(val_ds),  # type: ignore[arg-type]
+        parameters=count_parameters(trainer.model.net),
+    )
+
+
+def usable_device(device: torch.device | str | None) -> torch.device | None:
+    """``device`` as a torch.device after allocating one value on it, so that an unavailable one fails first.
+
+    Raises:
+        ValueError: the device is malformed or not available here (one line, naming it).
+    """
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+        torch.empty(1, device=dev)
+    except (RuntimeError, AssertionError, ValueError, TypeError) as err:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise ValueError(f"device {str(device)!r} is not usable here ({reason}); try --device cpu") from None
+    return dev
+
+
+def check_resumable(run: Run, data: DataOptions, model: ModelOptions, source: FieldSource) -> None:
+    """Raise a RunError naming every data or model option in which a resume differs from the run.
+
+    A resumed run continues the same model on the same data: only training options (steps, lr,
+    ...) may change.
+    """
+    diffs = [
+        f"{kind} option {name} = {new!r} (the run has {old!r})"
+        for kind, given, saved in (("data", data, run.data), ("model", model, run.model))
+        for name, new, old in ((f.name, getattr(given, f.name), getattr(saved, f.name)) for f in dataclasses.fields(given))
+        if new != old
+    ]
+    if tuple(source.channels) != tuple(run.template.channels):
+        diffs.append(f"channels {list(source.channels)} (the run has {list(run.template.channels)})")
+    if tuple(source.spatial_shape) != tuple(run.template.spatial_shape):
+        diffs.append(f"grid {list(source.spatial_shape)} (the run has {list(run.template.spatial_shape)})")
+    if diffs:
+        raise RunError(
+            f"--resume: {str(run.path)!r} was trained otherwise: {'; '.join(diffs)}; resume with the run's own "
+            "data and model options (leave them out: they are read from its config.toml), or start afresh with --overwrite"
         )
-        cond_mean: list[float] = []
-        cond_std: list[float] = []
-        if source.cond is not None:
-            theta = np.asarray(source.cond)[train_plain.indices]
-            cond_mean = theta.mean(axis=0).tolist()
-            std = theta.std(axis=0)
-            cond_std = np.where(std > 0, std, 1.0).tolist()
-        run = Run(
-            path=run_dir, data=data, model=model, template=source.template, cond_names=tuple(source.cond_names),
-            cond_mean=cond_mean, cond_std=cond_std,
-        )
-        if source.cond is not None:
-            train_ds = _Conditioned(train_ds, run)
-            val_ds = None if val_ds is None else _Conditioned(val_ds, run)
-        if len(train_ds) < train.batch_size:  # type: ignore[arg-type]
-            train = train.replace(batch_size=len(train_ds))  # type: ignore[arg-type]
-        if val_ds is None:
-            train = train.replace(val_every=0)
-        score_model = model.build(source.num_channels, len(spatial), len(source.cond_names), seed=train.seed)
+
+
+def _prepare_and_train(
+    run_dir: Path, source: FieldSource, data: DataOptions, model: ModelOptions, train: TrainConfig, *,
+    resume: bool, overwrite: bool, device: torch.device | None, progress: bool,
+) -> tuple[Trainer, Run, Dataset, Dataset | None, TrainConfig]:
+    """Check everything (folder, data, checkpoint) without writing; then write the run and train."""
+    Run.recover(run_dir)
+    has_run = Run.check_target(run_dir, resume=resume, overwrite=overwrite)
+    if resume and Run.is_run(run_dir):
+        check_resumable(Run.open(run_dir), data, model, source)
+    split = dict(val_fraction=data.val_fraction, seed=data.split_seed)
+    train_plain = FieldDataset(source, split="train", **split)
+    normalizer = Normalizer.fit(train_plain, log=data.log, progress=progress)
+    train_ds: Dataset = FieldDataset(source, split="train", normalizer=normalizer, **split)
+    val_ds: Dataset | None = (
+        FieldDataset(source, split="val", normalizer=normalizer, **split) if data.val_fraction > 0 else None
+    )
+    cond_mean: list[float] = []
+    cond_std: list[float] = []
+    if source.cond is not None:
+        theta = np.asarray(source.cond)[train_plain.indices]
+        cond_mean = theta.mean(axis=0).tolist()
+        std = theta.std(axis=0)
+        cond_std = np.where(std > 0, std, 1.0).tolist()
+    run = Run(
+        path=run_dir, data=data, model=model, template=source.template, cond_names=tuple(source.cond_names),
+        cond_mean=cond_mean, cond_std=cond_std,
+    )
+    if source.cond is not None:
+        train_ds = _Conditioned(train_ds, run)
+        val_ds = None if val_ds is None else _Conditioned(val_ds, run)
+    if len(train_ds) < train.batch_size:  # type: ignore[arg-type]
+        train = train.replace(batch_size=len(train_ds))  # type: ignore[arg-type]
+    if val_ds is None:
+        train = train.replace(val_every=0)
+    score_model = model.build(source.num_channels, len(source.spatial_shape), len(source.cond_names), seed=train.seed)
+    # resuming loads the checkpoint into the network here: a mismatch fails before any write
+    trainer = Trainer(score_model, train, run_dir=run_dir, resume=resume, normalizer=normalizer, device=device)
+    # everything is checked: from here on the folder changes
+    aside = Run.set_aside(run_dir) if overwrite and has_run else None
+    try:
         run.save()
         write_config(run_dir / CONFIG_FILE, data, model, train)
-        trainer = Trainer(score_model, train, run_dir=run_dir, resume=resume, normalizer=normalizer, device=device)
-        try:
-            history = trainer.fit(train_ds, val_data=val_ds, progress=progress)
-        finally:
-            trainer.dist.close()
+        trainer.on_save = lambda _: Run.drop_aside(aside)
+        trainer.fit(train_ds, val_data=val_ds, progress=progress)
         if trainer.step == 0 or run.latest is None:
             trainer.save()
-    return TrainSummary(
-        run=run, step=trainer.step, history=history, seconds=time.perf_counter() - start,
-        num_train=len(train_ds), num_val=0 if val_ds is None else len(val_ds),  # type: ignore[arg-type]
-        parameters=count_parameters(score_model.net),
-    )
+    except BaseException:
+        if aside is not None and aside.exists():
+            Run.put_back(run_dir, aside)
+        raise
+    finally:
+        trainer.dist.close()
+    return trainer, run, train_ds, val_ds, train

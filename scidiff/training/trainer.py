@@ -173,6 +173,8 @@ class Trainer:
         self._rng_ready = False
         self._pending = torch.zeros(3, dtype=torch.float64)
         self.data_position: tuple[int, int] | None = None
+        self.on_save: Callable[[Path], None] | None = None
+        """Called with each checkpoint directory :meth:`save` has committed into ``run_dir``."""
         if config.precision == "bf16" and self.device.type != "cuda":
             warnings.warn(f"precision='bf16' autocasts on CUDA only; training in fp32 on {self.device}", stacklevel=2)
         if resume:
@@ -424,6 +426,8 @@ class Trainer:
         )
         if folder is not None:
             folder.commit(target, keep=self.config.keep_checkpoints)
+            if self.on_save is not None:
+                self.on_save(target)
         return target
 
     def load_state(self, source: str | Path | Checkpoint) -> Checkpoint:
