@@ -187,11 +187,11 @@ def _solve(score: ScoreFn, sde: VPSDE, x: Tensor, estimator: DivergenceEstimator
 
 
 def _functional_ok(score: ScoreFn) -> bool:
-    """Whether the score can go through ``torch.func`` (guided scores take gradients themselves)."""
+    """Whether the score can go through ``torch.func``: not one that takes gradients itself
+    (guided scores say so with ``takes_gradients``; any other such score is caught at its first
+    evaluation and falls back to autograd)."""
     inner = getattr(score, "func", score)  # functools.partial
-    return not getattr(inner, "takes_gradients", False) and type(inner).__name__ not in (
-        "ClassifierGuidance", "DPSGuidance", "MMPSGuidance",
-    )
+    return not getattr(inner, "takes_gradients", False)
 
 
 def log_likelihood(

@@ -38,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--n", type=positive_int, default=None, help="only the first N fields")
     p.add_argument("--batch-size", type=positive_int, default=32, help="fields per ODE solve")
     p.add_argument("--rtol", type=positive_float, default=1e-3,
-                   help="ODE relative tolerance (default 1e-3: solver error ~3e-4 bits/dim per field, docs/likelihood.md)")
+                   help="ODE relative tolerance (default 1e-3: solver error ~7e-4 bits/dim per 16x16 field, docs/likelihood.md)")
     p.add_argument("--atol", type=positive_float, default=1e-3, help="ODE absolute tolerance (default 1e-3)")
     p.add_argument("--t-min", type=float, default=1e-5, help="where the flow starts (log p_t_min ~ log p_0)")
     p.add_argument("--time-variable", choices=["logsnr", "t", "sigma"], default=None,

@@ -42,7 +42,12 @@ class GuidedScore(ABC):
         sde: the VP-SDE of the score (gives alpha_t and sigma_t).
         scale: the guidance weight; 1 is Bayes' rule, other values sharpen (> 1) or flatten
             the likelihood (p(y | x_t)^scale).
+
+    A guided score takes a gradient itself (``takes_gradients``), so the likelihood's
+    divergence goes through autograd rather than ``torch.func`` for it.
     """
+
+    takes_gradients = True
 
     def __init__(self, score: ScoreFn, sde: VPSDE, *, scale: float = 1.0) -> None:
         if not callable(score):
