@@ -282,10 +282,20 @@ class CheckpointFolder:
         return sorted(found, key=lambda p: p.name)
 
     def latest(self) -> Path | None:
-        """The checkpoint ``latest`` names, else the newest complete one, else None."""
+        """The checkpoint ``latest`` names, else the newest complete one, else None.
+
+        Raises:
+            CheckpointError: ``latest`` names a path outside the run folder (``../other``, an
+                absolute path, a link out): it is refused rather than followed.
+        """
         if self.latest_file.is_file():
             name = self.latest_file.read_text().strip()
             target = (self.root / name).resolve() if name else self.root
+            if name and not target.is_relative_to(self.root.resolve()):
+                raise CheckpointError(
+                    f"{str(self.latest_file)!r} names {name!r}, which lies outside the run folder; point it at one "
+                    f"of the run's own {CHECKPOINTS_DIR}/step_* (or delete it to use the newest)"
+                )
             if name and (target / META_FILE).is_file():
                 return target
         steps = self.steps()
@@ -363,8 +373,13 @@ def _read_verified(ckpt: Path, name: str, meta: dict[str, Any]) -> bytes:
         raise CheckpointError(f"checkpoint {str(ckpt)!r} is incomplete: {name} is missing")
     data = file.read_bytes()
     record = meta.get("files", {}).get(name)
-    expected = None if record is None else record.get("sha256")
-    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+    expected = record.get("sha256") if isinstance(record, dict) else None
+    if not isinstance(expected, str):
+        raise CheckpointError(
+            f"{str(ckpt / META_FILE)!r} records no sha256 for {name}, so the file cannot be verified; "
+            "a checkpoint written by scidiff always has one: restore the checkpoint or use another"
+        )
+    if hashlib.sha256(data).hexdigest() != expected:
         raise CheckpointError(
             f"{str(file)!r} is corrupt or truncated ({len(data)} bytes, expected {record.get('bytes')}; sha256 mismatch)"
         )
@@ -404,8 +419,12 @@ def _fmt_list(items: list[str], limit: int = 8) -> str:
     return head + (f", ... (+{len(items) - limit} more)" if len(items) > limit else "")
 
 
-def load_weights(net: nn.Module, tensors: dict[str, Tensor], *, source: str) -> None:
-    """Copy ``tensors`` into ``net``, raising a CheckpointError that lists every mismatch."""
+def load_weights(net: nn.Module, tensors: dict[str, Tensor], *, source: str, check_only: bool = False) -> None:
+    """Copy ``tensors`` into ``net``, raising a CheckpointError that lists every mismatch.
+
+    With ``check_only`` only the names and shapes are compared (``net`` may live on the meta
+    device, holding no memory).
+    """
     own = net.state_dict()
     missing = [k for k in own if k not in tensors]
     unexpected = [k for k in tensors if k not in own]
@@ -423,7 +442,8 @@ def load_weights(net: nn.Module, tensors: dict[str, Tensor], *, source: str) -> 
         if unexpected:
             parts.append(f"not in the network: {_fmt_list(unexpected)}")
         raise CheckpointError(f"{source} does not fit the network {type(net).__name__}: " + "; ".join(parts))
-    net.load_state_dict(tensors)
+    if not check_only:
+        net.load_state_dict(tensors)
 
 
 @dataclass
@@ -510,14 +530,28 @@ def load_checkpoint(
         raise CheckpointError(f"{str(ckpt / META_FILE)!r} has an unreadable SDE entry ({err})") from None
     prediction = meta.get("prediction", "eps")
     spec = meta.get("net") or {}
+    weights = _read_tensors(ckpt, MODEL_FILE, meta)
     if net is None:
+        # the recorded architecture is first built on the meta device (no memory) and checked
+        # against the weights file's shapes, so that a description asking for terabytes fails
+        # in one line instead of allocating them
+        try:
+            with torch.device("meta"):
+                probe: nn.Module | None = build_net(spec, source=source)
+        except NetSpecError as err:
+            raise CheckpointError(str(err)) from None
+        except (RuntimeError, NotImplementedError):  # a constructor that needs real values
+            probe = None
+        if probe is not None:
+            load_weights(probe, weights, source=f"{str(ckpt / MODEL_FILE)!r}", check_only=True)
+            del probe
         try:
             net = build_net(spec, source=source)
         except NetSpecError as err:
             raise CheckpointError(str(err)) from None
     elif not isinstance(net, nn.Module):
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
-    load_weights(net, _read_tensors(ckpt, MODEL_FILE, meta), source=f"{str(ckpt / MODEL_FILE)!r}")
+    load_weights(net, weights, source=f"{str(ckpt / MODEL_FILE)!r}")
     raw = ScoreModel(net, sde, prediction=prediction)
     ema_model: ScoreModel | None = None
     if EMA_FILE in meta.get("files", {}):
