@@ -6,8 +6,13 @@ file system).  A folder that already exists is swapped out in two renames: the o
 goes to ``.NAME.old-XXXXXXXX`` first and is removed after the new one is in place, so a
 process killed between the renames leaves the old copy to recover (:func:`previous_copies`).
 
-The temporary names are decided here and nowhere else: ``.NAME.tmp-...`` for work in
-progress (:func:`is_temporary`) and ``.NAME.old-...`` for a copy being replaced.
+The temporary names are decided here and nowhere else: ``.NAME.tmp-PID-...`` for work in
+progress (:func:`is_temporary`; PID is the writing process) and ``.NAME.old-...`` for a copy
+being replaced.  A write first removes the temporaries of earlier writes to the same target
+whose process no longer runs (:func:`remove_stale_temporaries`: a killed write leaves its
+half file behind otherwise).  Files and folders are created with the permissions the umask
+allows (0666 and 0777 less the umask), as ``open`` and ``mkdir`` would, not the 0600 / 0700 of
+``tempfile``.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,6 +34,7 @@ __all__ = [
     "atomic_directory",
     "previous_copies",
     "is_temporary",
+    "remove_stale_temporaries",
 ]
 
 _TMP = ".tmp-"
@@ -56,6 +63,64 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process's umask (read without changing it where /proc allows)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporaries beside ``path`` left by killed writes of it; returns those removed.
+
+    A temporary ``.NAME.tmp-PID-...`` is stale when process PID no longer runs on this host;
+    one without a PID (older scidiff) when it is more than a day old.
+    """
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    prefix = f".{target.name}{_TMP}"
+    removed = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(prefix):
+            continue
+        pid_text = entry.name[len(prefix):].partition("-")[0]
+        try:
+            stale = not _alive(int(pid_text))
+        except ValueError:
+            try:
+                stale = time.time() - entry.lstat().st_mtime > 86400
+            except OSError:
+                continue
+        if stale:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
 def _folder_of(target: Path) -> Path:
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
@@ -71,10 +136,14 @@ def write_file_atomically(path: str | os.PathLike[str], write: Callable[[Path], 
     """
     target = Path(path)
     folder = _folder_of(target)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}{_TMP}", dir=folder)
-    os.close(fd)
+    remove_stale_temporaries(target)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}{_TMP}{os.getpid()}-", dir=folder)
     tmp = Path(name)
     try:
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())
+        finally:
+            os.close(fd)
         write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -102,8 +171,10 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     target = Path(path)
     parent = target.parent
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}{_TMP}", dir=parent))
+    remove_stale_temporaries(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}{_TMP}{os.getpid()}-", dir=parent))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
         fsync_dir(tmp)
         if target.exists():

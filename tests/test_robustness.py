@@ -241,3 +241,110 @@ def test_failed_first_training_leaves_no_folder(tmp_path: Path, capsys: pytest.C
     assert _train(_bad_data(tmp_path, "constant"), out) != 0
     _one_error_line(capsys, "constant")
     assert not out.exists()
+
+
+# ---- paths -----------------------------------------------------------------------------------
+@pytest.fixture()
+def run(data: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "run"
+    assert _train(data, out) == 0
+    return out
+
+
+def test_loglik_never_overwrites_its_input(run: Path, data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`loglik --data X.nc --out X.nc` is refused in one line and X.nc keeps its bytes."""
+    before = data.read_bytes()
+    capsys.readouterr()
+    assert cli("loglik", run, "--data", data, "--n", "2", "--out", data) != 0
+    _one_error_line(capsys, "--out", data.name)
+    assert data.read_bytes() == before
+
+
+def test_sample_checks_the_output_suffix(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`sample --out a.csv` is refused (samples are netCDF) before anything is drawn or written."""
+    capsys.readouterr()
+    assert cli("sample", run, "--n", "2", "--out", tmp_path / "a.csv") != 0
+    _one_error_line(capsys, "a.csv", ".nc")
+    assert not (tmp_path / "a.csv").exists()
+
+
+@pytest.mark.parametrize("target", ["outside", "absolute"])
+def test_latest_must_name_a_checkpoint_inside_the_run(
+    target: str, run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ``latest`` naming ``../other/...`` or an absolute path outside the run is refused, not followed."""
+    import shutil
+
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copytree(next((run / "checkpoints").iterdir()), other / "step_00000099")
+    name = "../other/step_00000099" if target == "outside" else str(other / "step_00000099")
+    (run / "latest").write_text(name + "\n")
+    capsys.readouterr()
+    assert cli("sample", run, "--n", "2", "--out", tmp_path / "s.nc") != 0
+    _one_error_line(capsys, "latest", "outside")
+
+
+def _edit_meta(run: Path, edit) -> None:
+    from scidiff.checkpoint import resolve_checkpoint
+
+    file = resolve_checkpoint(run) / "checkpoint.json"
+    meta = json.loads(file.read_text())
+    edit(meta)
+    file.write_text(json.dumps(meta))
+
+
+def test_a_checkpoint_without_its_digest_is_refused(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A checkpoint.json whose files carry no sha256 is refused in one line naming the file."""
+    _edit_meta(run, lambda m: m["files"]["model.safetensors"].pop("sha256"))
+    capsys.readouterr()
+    assert cli("sample", run, "--n", "2", "--out", tmp_path / "s.nc") != 0
+    _one_error_line(capsys, "model.safetensors", "sha256")
+
+
+@pytest.mark.parametrize("net", ["linear", "wide unet"])
+def test_architecture_is_checked_against_the_weights_before_allocation(
+    net: str, run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A checkpoint.json asking for Linear(10**6, 10**6) (4 TB) or a UNet of width 200000 is refused in one
+    line, in well under a second, because its shapes do not match the weights file."""
+    def edit(meta: dict) -> None:
+        if net == "linear":
+            meta["net"] = {"class": "torch.nn.Linear", "kwargs": {"in_features": 10**6, "out_features": 10**6}}
+        else:
+            meta["net"]["kwargs"]["base_channels"] = 200000
+    _edit_meta(run, edit)
+    capsys.readouterr()
+    start = time.perf_counter()
+    assert cli("sample", run, "--n", "2", "--out", tmp_path / "s.nc") != 0
+    assert time.perf_counter() - start < 5.0
+    _one_error_line(capsys, "does not fit")
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_temporaries_are_cleaned_and_files_honour_the_umask(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A temporary left by a killed write of the same output (its process gone) is removed by the next
+    write, and files and folders are created with the permissions the umask allows (0644 / 0755 at 022)."""
+    stale = tmp_path / f".s.nc.tmp-{_dead_pid()}-abcdefgh"
+    stale.write_bytes(b"half a file")
+    old = os.umask(0o022)
+    try:
+        run = tmp_path / "run"
+        assert _train(data, run) == 0
+        assert cli("sample", run, "--n", "2", "--out", tmp_path / "s.nc") == 0
+    finally:
+        os.umask(old)
+    assert not stale.exists()
+    assert (tmp_path / "s.nc").stat().st_mode & 0o777 == 0o644
+    for path in [run, *run.rglob("*")]:
+        if path.name == "lock":
+            continue
+        want = 0o755 if path.is_dir() else 0o644
+        assert path.stat().st_mode & 0o777 == want, (path, oct(path.stat().st_mode))

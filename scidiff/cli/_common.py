@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,12 @@ __all__ = [
     "show_progress",
     "say",
     "check_out_folder",
+    "check_output",
+    "NETCDF_SUFFIXES",
 ]
+
+NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".h5", ".hdf5")
+"""File name endings of netCDF-4 (HDF5) files, the format fields are written in."""
 
 
 class Formatter(argparse.RawDescriptionHelpFormatter):
@@ -214,3 +220,30 @@ def check_out_folder(out: Path) -> None:
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
         raise FileNotFoundError(f"cannot write {out}: folder {folder} does not exist")
+
+
+def check_output(out: Path, *, suffixes: tuple[str, ...] | None = None, kind: str = "netCDF",
+                 inputs: tuple[Any, ...] = (), option: str = "--out") -> None:
+    """Raise before any work if ``out`` cannot be written, has the wrong suffix, or is one of ``inputs``.
+
+    Args:
+        out: the output file.
+        suffixes: the endings its format allows (lower case, with the dot); None: any.
+        kind: the format's name, for the message.
+        inputs: the command's input files (None entries skipped): the output never replaces one.
+        option: the option that named ``out``, for the message.
+    """
+    check_out_folder(out)
+    if suffixes is not None and out.suffix.lower() not in suffixes:
+        raise ValueError(f"{option} {str(out)!r}: this command writes {kind} files; give a name ending in "
+                         f"{', '.join(suffixes)}")
+    for given in inputs:
+        if given is None:
+            continue
+        source = Path(given)
+        same = out.resolve() == source.resolve()
+        if not same and out.exists() and source.exists():
+            same = os.path.samefile(out, source)
+        if same:
+            raise ValueError(f"{option} {str(out)!r} is the input file {str(source)!r}: writing it would destroy "
+                             "the input; choose another output name")

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from scidiff.cli._common import (
-    add_run_argument, check_out_folder, finish, open_run, positive_float, positive_int, say, show_progress, subcommand,
+    add_run_argument, check_out_folder, check_output, finish, open_run, positive_float, positive_int, say, show_progress, subcommand,
 )
 from scidiff.divergence import ESTIMATORS
 
@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     check_out_folder(out)
     if out.suffix.lower() not in (".nc", ".csv", ".nc4"):
         raise ValueError(f"--out {str(out)!r}: give a .nc or .csv file name")
+    check_output(out, inputs=(args.data,))
     from scidiff.training.distributed import setup
 
     context = setup()  # under torchrun: one process per rank, the fields split between them

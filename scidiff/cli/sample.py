@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 from scidiff.cli._common import (
-    add_run_argument, add_sampler_options, assignments, check_out_folder, finish, open_run, positive_int, sampler_kwargs,
-    say, show_progress, subcommand,
+    NETCDF_SUFFIXES, add_run_argument, add_sampler_options, assignments, check_output, finish, open_run, positive_int,
+    sampler_kwargs, say, show_progress, subcommand,
 )
 
 __all__ = ["add_parser", "run"]
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from scidiff.data import write_netcdf
 
     out = Path(args.out)
-    check_out_folder(out)
+    check_output(out, suffixes=NETCDF_SUFFIXES)
     loaded = open_run(args)
     start = time.perf_counter()
     ds, _ = runs.sample(

@@ -311,7 +311,7 @@ class Run:
         host = socket.gethostname()
         for _ in range(2):
             try:
-                fd = os.open(file, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                fd = os.open(file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
                 break
             except FileExistsError:
                 pid, owner_host = _lock_owner(file)
