@@ -348,3 +348,28 @@ def test_stale_temporaries_are_cleaned_and_files_honour_the_umask(
             continue
         want = 0o755 if path.is_dir() else 0o644
         assert path.stat().st_mode & 0o777 == want, (path, oct(path.stat().st_mode))
+
+
+# ---- options the sampler would ignore; solver failures ---------------------------------------------
+def test_ode_sampler_refuses_steps_it_would_ignore(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`sample --method ode --steps 10` (adaptive dopri5) is refused in one line instead of recording an
+    ignored --steps in the provenance; with a fixed-grid solver --steps is honoured."""
+    capsys.readouterr()
+    assert cli("sample", run, "--n", "2", "--method", "ode", "--steps", "10", "--out", tmp_path / "s.nc") != 0
+    _one_error_line(capsys, "--steps", "adaptive", "dopri5")
+    assert not (tmp_path / "s.nc").exists()
+    assert cli("sample", run, "--n", "2", "--method", "ode", "--ode-method", "euler", "--steps", "3",
+               "--out", tmp_path / "s.nc") == 0
+    with xr.open_dataset(tmp_path / "s.nc", engine="h5netcdf") as ds:
+        assert int(ds.attrs["nfe"]) == 4  # 3 Euler steps and Tweedie's denoising
+
+
+def test_solver_failure_names_the_fields_and_their_scale(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """loglik on fields 1e30 times the training data's: one line naming the fields, their scale in training
+    standard deviations and what to check (not ``AssertionError: underflow in dt``)."""
+    huge = _fields(tmp_path / "huge.nc", n=4, scale=1e30)
+    capsys.readouterr()
+    assert cli("loglik", run, "--data", huge, "--n", "2", "--out", tmp_path / "l.csv") != 0
+    _one_error_line(capsys, "fields 0-1 of huge.nc", "standard deviations", "units")

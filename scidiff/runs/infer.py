@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from scidiff._ode import ODESolve
 from scidiff._progress import progress_bar
 from scidiff._validate import check_int
 from scidiff.data import DataError, FieldChunk, FieldSource, loglik_to_dataset, open_fields, write_csv, write_netcdf
@@ -77,7 +78,55 @@ def _sampler_options(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
         if key not in allowed[method]:
             raise ValueError(f"option {key} does not apply to --method {method}; it takes {sorted(allowed[method])}")
         out[key] = value
+    if method == "ode":
+        _check_ode_options(out)
     return out
+
+
+def _check_ode_options(opts: Mapping[str, Any]) -> None:
+    """Refuse ODE options the chosen solver would ignore: --steps for an adaptive one, --rtol/--atol for a fixed grid."""
+    solver = opts.get("ode_method") or inspect.signature(SAMPLERS["ode"].__init__).parameters["method"].default
+    adaptive = ODESolve(method=solver).adaptive
+    if adaptive and "steps" in opts:
+        raise ValueError(
+            f"--steps {opts['steps']} does not apply to --method ode with the adaptive solver {solver!r}, which chooses "
+            "its own steps from --rtol/--atol; leave --steps out, or give a fixed-grid --ode-method (euler, midpoint, "
+            "rk4) to set them"
+        )
+    ignored = [k for k in ("rtol", "atol") if k in opts]
+    if not adaptive and ignored:
+        raise ValueError(
+            f"--{ignored[0]} does not apply to the fixed-grid ODE solver {solver!r}, which takes --steps; leave it out, "
+            "or give an adaptive --ode-method (dopri5, bosh3)"
+        )
+
+
+def solver_failure(err: BaseException, what: str, z: Tensor | None = None) -> ValueError:
+    """One line for an ODE solve that failed (torchdiffeq's ``underflow in dt``): which fields, what
+    scale, what to try.
+
+    Args:
+        err: the solver's exception.
+        what: the fields, e.g. ``"fields 0-31 of data.nc"``.
+        z: those fields in normalised units ``[b, C, *spatial]``, whose largest magnitude is
+            reported (the training data have magnitude ~1 there).
+    """
+    reason = " ".join(str(err).split()) or type(err).__name__
+    if z is not None:
+        scale = float(z.detach().abs().amax()) if z.numel() else 0.0
+        if not math.isfinite(scale) or scale > 50.0:
+            return ValueError(
+                f"the ODE solver failed on {what} ({reason}): they reach {scale:.3g} training standard deviations "
+                "(the training data: about 1); check their units and values against the training data"
+            )
+        return ValueError(
+            f"the ODE solver failed on {what} ({reason}) although they lie at {scale:.3g} training standard "
+            "deviations at most; the model's score is too rough there: try --time-variable t, a larger --t-min, or a "
+            "looser --rtol/--atol"
+        )
+    return ValueError(
+        f"the ODE solver failed on {what} ({reason}); try another --method, a looser --rtol/--atol, or a larger --t-min"
+    )
 
 
 def sample(
@@ -129,10 +178,18 @@ def sample(
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)
         score = loaded.score(None if theta is None else theta[start : start + b])
-        res = draw(
-            score, loaded.model.sde, (b, *shape), method, generator=generator, dtype=dtype,
-            device=loaded.device, progress=progress and method != "ode", return_result=True, **opts,
-        )
+        try:
+            res = draw(
+                score, loaded.model.sde, (b, *shape), method, generator=generator, dtype=dtype,
+                device=loaded.device, progress=progress and method != "ode", return_result=True, **opts,
+            )
+        except AssertionError as err:  # torchdiffeq's step-size underflow
+            raise solver_failure(err, f"samples {start}-{start + b - 1}") from None
+        if not bool(torch.isfinite(res.x).all()):
+            raise ValueError(
+                f"method {method} drew non-finite values in samples {start}-{start + b - 1} although the model's "
+                "weights are finite; try --method ode, more --steps, or a larger --t-min"
+            )
         nfe += res.nfe
         parts.append(res.x.detach().double().cpu())
         bar.update(b)
@@ -267,11 +324,14 @@ def loglik(
             z = loaded.normalizer.forward(x)
             score = loaded.score(chunk.cond)
             generator = torch.Generator(device=loaded.device).manual_seed(int(seed) * 1_000_003 + b0)
-            res = log_likelihood(
-                score, loaded.model.sde, z.to(device=loaded.device, dtype=dtype), divergence=divergence,  # type: ignore[arg-type]
-                probes=probes, spacing=spacing, target_se=target_se, rtol=rtol, atol=atol, t_min=t_min,
-                time_variable=time_variable, generator=generator,  # type: ignore[arg-type]
-            )
+            try:
+                res = log_likelihood(
+                    score, loaded.model.sde, z.to(device=loaded.device, dtype=dtype), divergence=divergence,  # type: ignore[arg-type]
+                    probes=probes, spacing=spacing, target_se=target_se, rtol=rtol, atol=atol, t_min=t_min,
+                    time_variable=time_variable, generator=generator,  # type: ignore[arg-type]
+                )
+            except AssertionError as err:  # torchdiffeq's step-size underflow
+                raise solver_failure(err, f"fields {b0}-{b1 - 1} of {Path(data).name}", z) from None
             nfe += res.nfe
             log_prob.append(res.log_prob.detach().double().cpu() + loaded.normalizer.log_abs_det_jacobian(x))
             log_prob_se.append(res.log_prob_se.detach().double().cpu())
