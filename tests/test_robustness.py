@@ -35,7 +35,8 @@ def _fields(path: Path, n: int = 24, size: int = SIZE, *, seed: int = 0, scale: 
     k = np.fft.fftfreq(size) * size
     amp = 1.0 / (1.0 + np.sqrt(k[:, None] ** 2 + k[None, :] ** 2)) ** 1.5
     x = np.fft.ifft2(np.fft.fft2(rng.standard_normal((n, size, size))) * amp).real * 3.0 * scale
-    ds = xr.Dataset({"T": (("sample", "y", "x"), x, {"units": "K"})},
+    ds = xr.Dataset({"T": (("sample", "y", "x"), x, {"units": "K"}),
+                     "slope": (("sample",), np.linspace(1.0, 3.0, n))},
                     coords={"x": np.arange(size) * 1.0, "y": np.arange(size) * 1.0})
     ds.to_netcdf(path, engine="h5netcdf")
     return path
@@ -373,3 +374,38 @@ def test_solver_failure_names_the_fields_and_their_scale(
     capsys.readouterr()
     assert cli("loglik", run, "--data", huge, "--n", "2", "--out", tmp_path / "l.csv") != 0
     _one_error_line(capsys, "fields 0-1 of huge.nc", "standard deviations", "units")
+
+
+# ---- bit-exact resume, crashes, two writers ------------------------------------------------------
+def _all_state(run: Path) -> dict[str, torch.Tensor]:
+    """Weights, EMA weights and the optimiser/RNG tensors of the latest checkpoint of ``run``."""
+    from safetensors.torch import load_file
+
+    from scidiff.checkpoint import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(run)
+    out = {}
+    for name in ("model", "ema", "state"):
+        out.update({f"{name}/{k}": v for k, v in load_file(ckpt / f"{name}.safetensors").items()})
+    return out
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("options", ["dropout", "importance sampling, conditional"])
+def test_resume_is_bit_exact(options: str, data: Path, dropout: Path, tmp_path: Path) -> None:
+    """8 steps straight, or 3 + resume to 8 (checkpoints every 3), with dropout on (or importance sampling of
+    t on a conditional model): identical weights, EMA, optimiser state and RNG states, bit for bit."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    config = dropout
+    extra: list[str] = []
+    if options != "dropout":
+        config = tmp_path / "importance.toml"
+        config.write_text('[model]\ndropout = 0.1\n[train]\ntime_sampling = "importance"\n')
+        extra = ["--cond", "slope"]
+    assert _train(data, straight, "--config", config, "--checkpoint-every", "3", *extra, steps=8) == 0
+    assert _train(data, resumed, "--config", config, "--checkpoint-every", "3", *extra, steps=3) == 0
+    assert cli("train", "--out", resumed, "--resume", "--steps", "8") == 0
+    assert _same(_all_state(straight), _all_state(resumed))

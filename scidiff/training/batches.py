@@ -189,6 +189,15 @@ class BatchSource:
                 raise ValueError(f"{self.name} gave no batch in epoch {epoch} (is it empty?)")
             epoch, offset = epoch + 1, 0
 
+    def _generator(self, epoch: int) -> torch.Generator:
+        """The generator of an epoch's DataLoader, seeded from (seed, rank, epoch).
+
+        A DataLoader draws its workers' base seed when an iterator starts, from torch's global
+        generator unless given one; that draw would shift the dropout noise by where a run
+        was resumed, so each epoch's loader gets a generator of its own.
+        """
+        return torch.Generator().manual_seed(((int(self.seed) * 1_000_003 + self.rank) * 1_000_003 + int(epoch)) & ((1 << 63) - 1))
+
     def _epoch(self, epoch: int, offset: int) -> Iterator[tuple[Tensor, Tensor | None]]:
         if self.loader is not None or self.iterable:
             if self.loader is not None:
@@ -199,7 +208,8 @@ class BatchSource:
             else:
                 if hasattr(self.dataset, "set_epoch"):
                     self.dataset.set_epoch(epoch)  # type: ignore[union-attr]
-                loader = DataLoader(self.dataset, batch_size=self.batch_size, drop_last=True, num_workers=self.num_workers)
+                loader = DataLoader(self.dataset, batch_size=self.batch_size, drop_last=True, num_workers=self.num_workers,
+                                    generator=self._generator(epoch))
             for i, batch in enumerate(loader):
                 if i >= offset:
                     yield split_item(batch, source=self.name)
@@ -210,7 +220,8 @@ class BatchSource:
                 index = torch.tensor(idx, dtype=torch.long)
                 yield self.x[index], (None if self.cond is None else self.cond[index])
             return
-        loader = DataLoader(self.dataset, batch_sampler=plan, num_workers=self.num_workers)  # type: ignore[arg-type]
+        loader = DataLoader(self.dataset, batch_sampler=plan, num_workers=self.num_workers,  # type: ignore[arg-type]
+                            generator=self._generator(epoch))
         for batch in loader:
             yield split_item(batch, source=self.name)
 
