@@ -27,6 +27,7 @@ __all__ = [
     "say",
     "check_out_folder",
     "check_output",
+    "lock_if_inside",
     "NETCDF_SUFFIXES",
 ]
 
@@ -247,3 +248,19 @@ def check_output(out: Path, *, suffixes: tuple[str, ...] | None = None, kind: st
         if same:
             raise ValueError(f"{option} {str(out)!r} is the input file {str(source)!r}: writing it would destroy "
                              "the input; choose another output name")
+
+
+def lock_if_inside(run: Any, out: Path) -> Any:
+    """The run folder's lock (:meth:`scidiff.runs.Run.lock`) if ``out`` lies inside ``run``, else a no-op context.
+
+    A command writing into a run folder holds its lock like a training does, so that it never
+    writes into a folder another process is changing.
+    """
+    import contextlib
+
+    from scidiff.runs import Run
+
+    root = Path(run).resolve()
+    if not Path(out).resolve().is_relative_to(root):
+        return contextlib.nullcontext()
+    return Run.lock(root)

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from scidiff.cli._common import (
-    add_run_argument, add_sampler_options, finish, open_run, positive_int, sampler_kwargs, say, show_progress,
-    subcommand,
+    add_run_argument, add_sampler_options, finish, lock_if_inside, open_run, positive_int, sampler_kwargs, say,
+    show_progress, subcommand,
 )
 
 __all__ = ["add_parser", "run"]
@@ -36,10 +36,11 @@ def run(args: argparse.Namespace) -> int:
 
     loaded = open_run(args)
     out_dir = Path(args.out) if args.out else loaded.run.path / "evaluation"
-    result = runs.evaluate(
-        loaded, args.data, out_dir=out_dir, n=args.n, samples=args.samples, seed=args.seed, method=args.method,
-        batch_size=args.batch_size, progress=show_progress(args), **sampler_kwargs(args),
-    )
+    with lock_if_inside(loaded.run.path, out_dir):  # writing into the run folder: hold its lock
+        result = runs.evaluate(
+            loaded, args.data, out_dir=out_dir, n=args.n, samples=args.samples, seed=args.seed, method=args.method,
+            batch_size=args.batch_size, progress=show_progress(args), **sampler_kwargs(args),
+        )
     say(runs.format_metrics(result))
     say(f"metrics: {result['metrics_file']}")
     say(f"figures: {', '.join(result['figures'])}")

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from scidiff.cli._common import (
-    add_run_argument, check_out_folder, check_output, finish, open_run, positive_float, positive_int, say, show_progress, subcommand,
+    add_run_argument, check_out_folder, check_output, finish, lock_if_inside, open_run, positive_float, positive_int, say, show_progress, subcommand,
 )
 from scidiff.divergence import ESTIMATORS
 
@@ -57,6 +57,10 @@ def run(args: argparse.Namespace) -> int:
     check_output(out, inputs=(args.data,))
     from scidiff.training.distributed import setup
 
+    import contextlib
+
+    held = contextlib.ExitStack()
+    held.enter_context(lock_if_inside(args.run, out))  # writing into the run folder: hold its lock
     context = setup()  # under torchrun: one process per rank, the fields split between them
     try:
         loaded = open_run(args)
@@ -71,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         runs.write_table(ds, out)
     finally:
         context.close()
+        held.close()
     lp = ds["log_prob"].values
     bpd = ds["bits_per_dim"].values
     se = ds["bits_per_dim_se"].values

@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 from scidiff.cli._common import (
-    NETCDF_SUFFIXES, add_run_argument, add_sampler_options, assignments, check_output, finish, open_run, positive_int,
-    sampler_kwargs, say, show_progress, subcommand,
+    NETCDF_SUFFIXES, add_run_argument, add_sampler_options, assignments, check_output, finish, lock_if_inside, open_run,
+    positive_int, sampler_kwargs, say, show_progress, subcommand,
 )
 
 __all__ = ["add_parser", "run"]
@@ -38,13 +38,14 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     check_output(out, suffixes=NETCDF_SUFFIXES)
-    loaded = open_run(args)
-    start = time.perf_counter()
-    ds, _ = runs.sample(
-        loaded, args.n, method=args.method, cond=assignments(args.cond), seed=args.seed,
-        batch_size=args.batch_size, progress=show_progress(args), **sampler_kwargs(args),
-    )
-    write_netcdf(ds, out)
+    with lock_if_inside(args.run, out):
+        loaded = open_run(args)
+        start = time.perf_counter()
+        ds, _ = runs.sample(
+            loaded, args.n, method=args.method, cond=assignments(args.cond), seed=args.seed,
+            batch_size=args.batch_size, progress=show_progress(args), **sampler_kwargs(args),
+        )
+        write_netcdf(ds, out)
     say(
         f"drew {args.n} fields with method {args.method} (NFE {ds.attrs['nfe']}) in "
         f"{time.perf_counter() - start:.1f} s; wrote {out}"

@@ -311,7 +311,7 @@ class Run:
         host = socket.gethostname()
         for _ in range(2):
             try:
-                fd = os.open(file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+                _create_lock(file, f"{os.getpid()} {host}\n")
                 break
             except FileExistsError:
                 pid, owner_host = _lock_owner(file)
@@ -323,8 +323,6 @@ class Run:
                 file.unlink(missing_ok=True)  # left by a process that has ended: take it over
         else:  # pragma: no cover - lost a race twice
             raise RunError(f"run folder {str(folder)!r}: could not take its lock")
-        with os.fdopen(fd, "w") as fh:
-            fh.write(f"{os.getpid()} {host}\n")
         try:
             yield file
         finally:
@@ -356,6 +354,29 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def _create_lock(file: Path, text: str) -> None:
+    """Create ``file`` holding ``text`` in one step, or raise FileExistsError if it exists.
+
+    The text is written to a private file first and hard-linked into place, so that another
+    process never reads a lock without its owner; where the file system has no hard links,
+    an exclusive create followed by the write.
+    """
+    tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(text)
+    try:
+        os.link(tmp, file)
+        return
+    except FileExistsError:
+        raise
+    except OSError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    fd = os.open(file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
 
 
 def _lock_owner(file: Path) -> tuple[int | None, str | None]:
