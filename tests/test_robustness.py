@@ -505,3 +505,25 @@ def test_writing_into_a_run_folder_takes_its_lock(run: Path, data: Path, capsys:
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_an_overwrite_killed_before_its_first_checkpoint_is_undone(
+    run: Path, data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An --overwrite killed after setting the old run aside (and writing the new run.json) but before its
+    first checkpoint: commands name the situation in one line, and `train --resume` puts the old run back
+    and continues it."""
+    from scidiff.runs import Run
+
+    before = _snapshot(run)
+    Run.set_aside(run)  # what a killed --overwrite leaves: the old run aside, nothing new committed
+    capsys.readouterr()
+    assert cli("sample", run, "--n", "2", "--out", run.parent / "s.nc") != 0
+    _one_error_line(capsys, "interrupted", "--resume")
+    assert cli("train", "--out", run, "--resume", "--steps", "6") == 0
+    after = _snapshot(run)
+    assert {k: v for k, v in after.items() if "step_00000004" in k} == {k: v for k, v in before.items() if "step_00000004" in k}
+    from scidiff.checkpoint import resolve_checkpoint
+
+    assert resolve_checkpoint(run).name == "step_00000006"
+    assert not list(run.glob(".overwritten*"))

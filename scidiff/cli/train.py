@@ -66,14 +66,12 @@ def options_from(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     from scidiff.runs import DataOptions, ModelOptions, read_config
     from scidiff.training import TrainConfig
 
-    from pathlib import Path
+    from scidiff.runs import Run
 
-    from scidiff.runs import CONFIG_FILE
-
-    saved = Path(args.out) / CONFIG_FILE
+    saved = Run.resume_config(args.out) if args.resume else None
     if args.config:
         data, model, train = read_config(args.config)
-    elif args.resume and saved.is_file():  # a resumed run starts from its own options
+    elif saved is not None:  # a resumed run starts from its own options
         data, model, train = read_config(saved)
     else:
         data, model, train = DataOptions(), ModelOptions(), TrainConfig()

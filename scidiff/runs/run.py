@@ -9,7 +9,9 @@ A run folder, as written by :func:`scidiff.runs.train` (``scidiff train``, ``sci
                      conditioning columns and their standardisation
     checkpoints/     the Trainer's checkpoints step_XXXXXXXX/ (weights, EMA, normaliser, history)
     latest           names the newest complete checkpoint
-    lock             present while a process trains into the folder (its pid and host)
+    lock             present while a process trains or writes into the folder (its pid and host)
+    .overwritten.old-XXXXXXXX/
+                     during ``--overwrite``, the previous run, until the new one's first checkpoint
 
 The checkpoints and ``latest`` are kept by a :class:`scidiff.checkpoint.CheckpointFolder`
 (the Trainer writes them); :class:`Run` reads them through :attr:`Run.checkpoints`.
@@ -97,6 +99,12 @@ class Run:
         folder = given if given.is_dir() else given.parent
         candidates = [folder, folder.parent, folder.parent.parent]
         run_dir = next((c for c in candidates if (c / RUN_FILE).is_file()), None)
+        if run_dir is None and any((folder / a / RUN_FILE).is_file() for a in (p.name for p in folder.glob(f"{ASIDE}*"))):
+            raise RunError(
+                f"{str(given)!r}: an --overwrite of this run was interrupted before the new run's first checkpoint; "
+                f"the previous run is kept in {folder.name}/{ASIDE}*: `scidiff train --out {given} --resume` puts it "
+                "back and continues it"
+            )
         if run_dir is None:
             raise RunError(
                 f"{str(given)!r} is not a scidiff run folder (it has no {RUN_FILE}); make one with "
@@ -268,6 +276,21 @@ class Run:
                 Run.drop_aside(aside)
             else:
                 Run.put_back(run_dir, aside)
+
+    @staticmethod
+    def resume_config(path: str | os.PathLike[str]) -> Path | None:
+        """The ``config.toml`` a ``--resume`` of ``path`` continues with, or None if there is none.
+
+        That of the run in the folder; after an overwrite cut short before its first checkpoint,
+        that of the previous run set aside (which :meth:`recover` puts back).
+        """
+        run_dir = Path(path)
+        if CheckpointFolder(run_dir).latest() is None:
+            for aside in sorted(run_dir.glob(f"{ASIDE}*")) if run_dir.is_dir() else []:
+                if (aside / CONFIG_FILE).is_file():
+                    return aside / CONFIG_FILE
+        own = run_dir / CONFIG_FILE
+        return own if own.is_file() else None
 
     @staticmethod
     def prepare(path: str | os.PathLike[str], *, resume: bool = False, overwrite: bool = False) -> Path:
