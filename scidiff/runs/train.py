@@ -93,8 +93,22 @@ def train(
     """Train a model on ``data`` into the run folder ``run_dir`` (see the module docstring).
 
     Fits the per-channel normaliser on the training split, builds the UNet of ``model`` for
-    the file's channels, grid and parameters, saves ``config.toml`` and ``run.json`` and
-    runs the :class:`scidiff.training.Trainer` (EMA, checkpoints, resume) for ``train.steps``.
+    the file's channels, grid and parameters (its initial weights drawn from ``train.seed``),
+    saves ``config.toml`` and ``run.json`` and runs the :class:`scidiff.training.Trainer`
+    (EMA, checkpoints, resume) for ``train.steps``, holding the folder's lock throughout.
+
+    Nothing in ``run_dir`` changes until everything is checked: the folder (a run there needs
+    ``resume`` or ``overwrite``), the device, the data (through the normaliser's fit), the
+    network and, with ``resume``, that the data and model options equal the run's and its
+    checkpoint loads into the network.  With ``overwrite`` the old run is set aside
+    (:meth:`Run.set_aside`) and removed once the new run's first checkpoint is written, or put
+    back if training fails before that.  A first training that fails before any checkpoint
+    leaves no folder.
+
+    Raises:
+        RunError: the folder cannot be trained into, or a resume differs from the run.
+        ValueError: bad data, an unusable device, or a divergence
+            (:class:`scidiff.training.TrainingDiverged`).
     """
     start = time.perf_counter()
     run_dir = Path(run_dir)
