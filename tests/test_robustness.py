@@ -527,3 +527,62 @@ def test_an_overwrite_killed_before_its_first_checkpoint_is_undone(
 
     assert resolve_checkpoint(run).name == "step_00000006"
     assert not list(run.glob(".overwritten*"))
+
+
+_DDP_RESUME = '''
+import json, os, sys
+from pathlib import Path
+import torch
+from scidiff.models import ScoreModel
+from scidiff.nets import UNet
+from scidiff.sde import VPSDE
+from scidiff.training import TrainConfig, Trainer
+from scidiff.training.ddp_check import weights_sha256
+
+out = Path(sys.argv[1])
+rank = int(os.environ["RANK"])
+fields = torch.randn(32, 1, 16, generator=torch.Generator().manual_seed(0))
+config = TrainConfig(steps=6, batch_size=8, lr=1e-3, warmup_steps=0, log_every=2, val_every=0,
+                     checkpoint_every=3, seed=7)
+
+def model():
+    torch.manual_seed(1)
+    return ScoreModel(UNet(1, 1, base_channels=8, channel_mults=(1, 2), groups=4, dropout=0.3), VPSDE())
+
+straight = Trainer(model(), config, run_dir=out / "straight")
+straight.fit(fields, progress=False)
+first = Trainer(model(), config, run_dir=out / "resumed")
+first.fit(fields, until=3, progress=False)
+torch.rand(100)  # the process's generators move on: the resume must restore them from the checkpoint
+resumed = Trainer(model(), config, run_dir=out / "resumed", resume=True)
+assert resumed.step == 3
+resumed.fit(fields, progress=False)
+(out / f"rank{rank}.json").write_text(json.dumps(
+    {"straight": weights_sha256(straight.model), "resumed": weights_sha256(resumed.model),
+     "straight_ema": weights_sha256(straight.ema_model), "resumed_ema": weights_sha256(resumed.ema_model)}))
+straight.dist.close()
+'''
+
+
+@pytest.mark.slow
+def test_resume_under_ddp_with_dropout_is_bit_exact(tmp_path: Path) -> None:
+    """torchrun with 2 gloo ranks and dropout on: 6 steps straight, or 3, a resume, and 3 more, give the same
+    weights and EMA weights bit for bit (every rank's RNG state is saved, not only rank 0's)."""
+    import socket
+
+    script = tmp_path / "ddp_resume.py"
+    script.write_text(_DDP_RESUME)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={port}", str(script), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for r in (0, 1):
+        report = json.loads((tmp_path / f"rank{r}.json").read_text())
+        assert report["straight"] == report["resumed"], r
+        assert report["straight_ema"] == report["resumed_ema"], r

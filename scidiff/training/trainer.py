@@ -3,7 +3,7 @@
 Determinism: the batch of step k is fixed by (seed, k, rank, world size) (see ``batches.py``);
 the noise of step k (times, eps) comes from a generator re-seeded with a hash of
 (seed, rank, k); torch's global RNG (dropout) is seeded from (seed, rank) at step 0 and
-saved in every checkpoint.  Training N steps straight, or N/2 steps, a checkpoint and N/2
+saved in every checkpoint, every rank's under DDP (gathered onto rank 0, which writes it).  Training N steps straight, or N/2 steps, a checkpoint and N/2
 more after :meth:`Trainer.resume`, therefore gives the same weights bit for bit on a CPU.
 """
 
@@ -173,6 +173,7 @@ class Trainer:
         self._rng_ready = False
         self._pending = torch.zeros(3, dtype=torch.float64)
         self.data_position: tuple[int, int] | None = None
+        self._rank_rng: tuple[int, list[dict[str, Any]]] | None = None
         self.on_save: Callable[[Path], None] | None = None
         """Called with each checkpoint directory :meth:`save` has committed into ``run_dir``."""
         if config.precision == "bf16" and self.device.type != "cuda":
@@ -344,6 +345,7 @@ class Trainer:
                         callback(self, entry)
                 if self.run_dir is not None and (due or self.step == end):
                     self._pending = self._gather_pending(stats)
+                    self._rank_rng = (self.step, self._gather_rng())
                     self.save()
                 bar.update(1)
         finally:
@@ -366,6 +368,18 @@ class Trainer:
             f"(warmup_steps) or a smaller grad_clip (now {self.config.grad_clip:g}), then --resume",
             step=step, checkpoint=kept,
         )
+
+    def _gather_rng(self) -> list[dict[str, Any]]:
+        """The RNG states of ranks 1..K-1, on rank 0 (empty elsewhere, and without DDP), for its checkpoint.
+
+        Every rank's dropout draws from its own global generator; saving them all makes a
+        resume under DDP bit-exact like a single-process one.
+        """
+        if not self.dist.distributed:
+            return []
+        states: list[Any] = [None] * self.dist.world_size
+        dist.all_gather_object(states, self._rng_state())
+        return states[1:] if self.dist.is_main else []
 
     def _gather_pending(self, stats: Tensor) -> Tensor:
         """Sum the running log statistics onto rank 0 (zero elsewhere) so a checkpoint holds them all."""
@@ -416,9 +430,12 @@ class Trainer:
             raise ValueError("Trainer.save needs a path or a run_dir")
         folder = None if path is not None else CheckpointFolder(self.run_dir)  # type: ignore[arg-type]
         target = Path(path) if folder is None else folder.path_for(self.step)
+        rng = self._rng_state()
+        if self._rank_rng is not None and self._rank_rng[0] == self.step and self._rank_rng[1]:
+            rng["ranks"] = self._rank_rng[1]  # ranks 1..K-1, gathered by fit at this step
         save_checkpoint(
             target, self.model, ema_model=self.ema_model, config=self.config, step=self.step,
-            optimizer=self.optimizer, rng=self._rng_state(), normalizer=self.normalizer,
+            optimizer=self.optimizer, rng=rng, normalizer=self.normalizer,
             net_config=self.net_config, field_shape=self.field_shape,
             ddpm=self.ddpm if self.config.loss == "ddpm" else None, history=self.history,
             extra={"pending_log": self._pending.tolist(),
@@ -454,10 +471,14 @@ class Trainer:
         if self.config.loss == "ddpm" and ckpt.ddpm is not None:
             self.ddpm = ckpt.ddpm
         rng = ckpt.state.get("rng")
+        others = [] if rng is None else list(rng.get("ranks", []))
         if rng is not None and self.dist.rank == 0:
             self._restore_rng(rng)
             self._rng_ready = True
-        else:
+        elif rng is not None and len(others) == self.dist.world_size - 1:
+            self._restore_rng(others[self.dist.rank - 1])  # saved by rank 0 for this rank
+            self._rng_ready = True
+        else:  # another world size, or an older checkpoint: reseed from (seed, rank, step)
             self._rng_ready = False
         position = ckpt.meta.get("extra", {}).get("data_position")
         self.data_position = None if position is None else (int(position[0]), int(position[1]))
