@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from scidiff.nets import _checks
 from scidiff.nets.blocks import ResBlock, SelfAttention
-from scidiff.nets.embedding import Embedding
+from scidiff.nets.embedding import TIME_EMBEDDINGS, Embedding
 from scidiff.nets.layers import Downsample, check_dims, conv
 
 
@@ -58,8 +58,8 @@ class Architecture:
         The defaults here are those of ``UNet`` and ``NoisyEncoder``: both take these options
         as keyword arguments and forward them unchanged (:meth:`for_network`)."""
         mults = _checks.channel_mults(channel_mults)
-        if time_embedding not in ("sinusoidal", "fourier"):
-            raise ValueError(f"time_embedding must be 'sinusoidal' or 'fourier'; got {time_embedding!r}")
+        if time_embedding not in TIME_EMBEDDINGS:
+            raise ValueError(f"time_embedding must be one of {list(TIME_EMBEDDINGS)}; got {time_embedding!r}")
         arch = cls(
             dims=check_dims(dims),
             periodic=bool(periodic),
