@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from scidiff.cli._common import (
-    add_run_argument, check_out_folder, check_output, finish, lock_if_inside, open_run, positive_float, positive_int, say, show_progress, subcommand,
+    add_run_argument, check_out_folder, check_output, finish, lock_if_inside, open_run, positive_float, positive_int,
+    say, show_progress, subcommand,
 )
 from scidiff.divergence import ESTIMATORS
 
@@ -56,8 +58,6 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {str(out)!r}: give a .nc or .csv file name")
     check_output(out, inputs=(args.data,))
     from scidiff.training.distributed import setup
-
-    import contextlib
 
     held = contextlib.ExitStack()
     held.enter_context(lock_if_inside(args.run, out))  # writing into the run folder: hold its lock

@@ -63,10 +63,8 @@ def options_from(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """(data, model, train) options: defaults, then ``--config``, then the command line."""
     import dataclasses
 
-    from scidiff.runs import DataOptions, ModelOptions, read_config
+    from scidiff.runs import DataOptions, ModelOptions, Run, read_config
     from scidiff.training import TrainConfig
-
-    from scidiff.runs import Run
 
     saved = Run.resume_config(args.out) if args.resume else None
     if args.config:

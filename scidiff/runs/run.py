@@ -99,7 +99,7 @@ class Run:
         folder = given if given.is_dir() else given.parent
         candidates = [folder, folder.parent, folder.parent.parent]
         run_dir = next((c for c in candidates if (c / RUN_FILE).is_file()), None)
-        if run_dir is None and any((folder / a / RUN_FILE).is_file() for a in (p.name for p in folder.glob(f"{ASIDE}*"))):
+        if run_dir is None and any((aside / RUN_FILE).is_file() for aside in folder.glob(f"{ASIDE}*")):
             raise RunError(
                 f"{str(given)!r}: an --overwrite of this run was interrupted before the new run's first checkpoint; "
                 f"the previous run is kept in {folder.name}/{ASIDE}*: `scidiff train --out {given} --resume` puts it "
