@@ -616,3 +616,18 @@ def test_resume_with_condition_dropout_is_bit_exact(tmp_path: Path) -> None:
     resumed.fit(fields, cond, progress=False)
     for a, b in ((straight.model, resumed.model), (straight.ema_model, resumed.ema_model)):
         assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_trainer_refuses_to_save_non_finite_weights(tmp_path: Path) -> None:
+    """Trainer.save called by hand on NaN weights raises TrainingDiverged and writes no checkpoint."""
+    from scidiff.models import ScoreModel
+    from scidiff.nets import UNet
+    from scidiff.sde import VPSDE
+    from scidiff.training import TrainConfig, Trainer, TrainingDiverged
+
+    net = UNet(1, 2, base_channels=8, channel_mults=(1, 2), attention_levels=())
+    trainer = Trainer(ScoreModel(net, VPSDE()), TrainConfig(steps=1), run_dir=tmp_path / "run")
+    next(net.parameters()).data.fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match="NaN or inf"):
+        trainer.save()
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -428,6 +428,13 @@ class Trainer:
             return None
         if path is None and self.run_dir is None:
             raise ValueError("Trainer.save needs a path or a run_dir")
+        params = [p.detach() for p in self.model.parameters()]
+        if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+            raise TrainingDiverged(
+                f"refusing to save the weights of step {self.step}: they hold NaN or inf (the training diverged); "
+                "try a lower --lr (lr) or a longer --warmup-steps (warmup_steps)",
+                step=self.step, checkpoint=None if self.run_dir is None else CheckpointFolder(self.run_dir).latest(),
+            )
         folder = None if path is not None else CheckpointFolder(self.run_dir)  # type: ignore[arg-type]
         target = Path(path) if folder is None else folder.path_for(self.step)
         rng = self._rng_state()
