@@ -490,9 +490,12 @@ def test_a_second_writer_is_refused_and_the_first_completes_untouched(
 def test_writing_into_a_run_folder_takes_its_lock(run: Path, data: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """sample, loglik and evaluate writing into a run folder whose lock another live process holds are refused
     with one line naming its pid, and write nothing."""
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from scidiff.runs import Run\n"
+         "with Run.lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)", str(run)],
+        stdout=subprocess.PIPE, text=True)
     try:
-        (run / "lock").write_text(f"{holder.pid} {__import__('socket').gethostname()}\n")
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         capsys.readouterr()
         assert cli("sample", run, "--n", "2", "--out", run / "x.nc") != 0
         _one_error_line(capsys, "locked", str(holder.pid))
@@ -631,3 +634,22 @@ def test_trainer_refuses_to_save_non_finite_weights(tmp_path: Path) -> None:
     with pytest.raises(TrainingDiverged, match="NaN or inf"):
         trainer.save()
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_lock_whose_owner_has_gone_is_taken_over_even_if_its_pid_was_reused(
+    data: Path, tmp_path: Path
+) -> None:
+    """A lock file left by a killed training names a pid that now belongs to another, unrelated process: it
+    holds no OS lock on the file, so the next training takes the lock over instead of waiting forever."""
+    import socket
+
+    run = tmp_path / "run"
+    run.mkdir()
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (run / "lock").write_text(f"{stranger.pid} {socket.gethostname()}\n")
+        assert _train(data, run) == 0
+        assert not (run / "lock").exists()
+    finally:
+        stranger.kill()
+        stranger.wait()

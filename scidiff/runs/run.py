@@ -36,6 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
 import torch
 from torch import Tensor
 
@@ -317,11 +322,14 @@ class Run:
     @staticmethod
     @contextmanager
     def lock(path: str | os.PathLike[str]) -> Iterator[Path]:
-        """Hold ``path/lock`` while training into the folder, so that a second process cannot.
+        """Hold ``path/lock`` while training (or writing) into the folder, so that a second process cannot.
 
-        The lock file holds the owner's pid and host.  One left by a process that no longer runs
-        on this host is taken over; one held by a live process (or by another host) raises a
-        RunError naming it.  Under torchrun only rank 0 takes the lock.
+        The lock file holds the owner's pid and host, and its owner holds an OS lock on it
+        (``flock``) for as long as the command runs, so that the operating system itself says
+        when the owner has gone, however it ended (kill -9 included): a file whose OS lock is
+        free is taken over, one whose lock is held raises a RunError naming the pid and host.
+        Where ``fcntl`` is missing (Windows) a file left by a process that no longer runs on
+        this host is taken over instead.  Under torchrun only rank 0 takes the lock.
         """
         folder = Path(path)
         if folder.exists() and not folder.is_dir():
@@ -332,24 +340,25 @@ class Run:
             yield file
             return
         host = socket.gethostname()
-        for _ in range(2):
+        for _ in range(3):
             try:
-                _create_lock(file, f"{os.getpid()} {host}\n")
+                fd = _create_lock(file, f"{os.getpid()} {host}\n")
                 break
             except FileExistsError:
+                if _take_over_if_stale(file, host):
+                    continue  # its owner has gone and the file is removed: try again
                 pid, owner_host = _lock_owner(file)
-                if pid is None or owner_host != host or _alive(pid):
-                    raise RunError(
-                        f"run folder {str(folder)!r} is locked by process {pid} on {owner_host!r} (its file "
-                        f"{LOCK_FILE!r}); wait for it to finish, or delete the file if that process is gone"
-                    ) from None
-                file.unlink(missing_ok=True)  # left by a process that has ended: take it over
-        else:  # pragma: no cover - lost a race twice
+                raise RunError(
+                    f"run folder {str(folder)!r} is locked by process {pid} on {owner_host!r} (its file "
+                    f"{LOCK_FILE!r}); wait for it to finish"
+                ) from None
+        else:  # pragma: no cover - lost a race three times
             raise RunError(f"run folder {str(folder)!r}: could not take its lock")
         try:
             yield file
         finally:
             file.unlink(missing_ok=True)
+            os.close(fd)
 
     @staticmethod
     def is_run(path: str | os.PathLike[str]) -> bool:
@@ -379,27 +388,75 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _create_lock(file: Path, text: str) -> None:
-    """Create ``file`` holding ``text`` in one step, or raise FileExistsError if it exists.
+def _os_lock(fd: int) -> bool:
+    """Take the OS lock (``flock``, exclusive, not waiting) on ``fd``; False if another process holds it."""
+    if fcntl is None:  # pragma: no cover - Windows
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
-    The text is written to a private file first and hard-linked into place, so that another
-    process never reads a lock without its owner; where the file system has no hard links,
-    an exclusive create followed by the write.
+
+def _create_lock(file: Path, text: str) -> int:
+    """Create ``file`` holding ``text``, OS-locked, in one step; returns its open descriptor.
+
+    The text is written to a private file, which is OS-locked and then hard-linked into place,
+    so that no process ever sees the lock file without its owner's pid or its OS lock; where the
+    file system has no hard links, an exclusive create, the lock and the write.
+
+    Raises:
+        FileExistsError: ``file`` exists.
     """
     tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text)
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
     try:
+        os.write(fd, text.encode())
+        _os_lock(fd)
         os.link(tmp, file)
-        return
+        return fd
     except FileExistsError:
+        os.close(fd)
         raise
-    except OSError:
-        pass
+    except OSError:  # no hard links here
+        os.close(fd)
     finally:
         tmp.unlink(missing_ok=True)
     fd = os.open(file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
+    _os_lock(fd)
+    os.write(fd, text.encode())
+    return fd
+
+
+def _take_over_if_stale(file: Path, host: str) -> bool:
+    """Remove the lock ``file`` if its owner has gone; returns whether it did (or the file vanished).
+
+    With ``fcntl``: the owner has gone when its OS lock can be taken; the file is then removed
+    only if the path still names the file whose lock was taken.  Without: when its pid no longer
+    runs on this host.
+    """
+    if fcntl is None:  # pragma: no cover - Windows
+        pid, owner_host = _lock_owner(file)
+        if pid is None or owner_host != host or _alive(pid):
+            return False
+        file.unlink(missing_ok=True)
+        return True
+    try:
+        fd = os.open(file, os.O_RDONLY)
+    except FileNotFoundError:
+        return True
+    try:
+        if not _os_lock(fd):
+            return False
+        try:
+            if os.stat(file).st_ino == os.fstat(fd).st_ino:
+                file.unlink()
+        except FileNotFoundError:
+            pass
+        return True
+    finally:
+        os.close(fd)
 
 
 def _lock_owner(file: Path) -> tuple[int | None, str | None]:
