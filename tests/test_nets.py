@@ -150,11 +150,29 @@ def test_zero_output_at_init_then_nonzero_after_one_step() -> None:
 
 
 def test_output_depends_on_time() -> None:
-    for kind in ("sinusoidal", "fourier"):
+    for kind in ("log", "sinusoidal", "fourier"):
         net = tiny_unet(1, 2, time_embedding=kind)
         x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
         gap = (net(x, 0.2) - net(x, 0.7)).abs().max()
         assert gap > 1e-4, kind
+
+
+def test_log_time_features_turn_at_most_one_radian_per_unit_of_ln_t() -> None:
+    """|d e_k / dt| <= omega_k / t <= 1 / t for the log features; the sinusoidal ones turn at up to
+    1000 radians per unit t wherever t is: the reason the trained flow is rough in t."""
+    from scidiff.nets.embedding import LogTimeEmbedding, SinusoidalEmbedding
+
+    t = torch.logspace(-5, 0, 2001, dtype=torch.float64)
+    h = 1e-7 * t
+    for emb, bound in ((LogTimeEmbedding(32), 1.0 / t), (SinusoidalEmbedding(32), torch.full_like(t, 1000.0))):
+        rate = ((emb(t + h) - emb(t - h)) / (2 * h[:, None])).abs().max(1).values
+        assert bool((rate <= bound * (1 + 1e-5)).all())
+        assert float((rate / bound).max()) > 0.5  # the bound is reached: it is the fastest feature
+    mid = (t > 0.1) & (t < 1.0)
+    log_rate = ((LogTimeEmbedding(32)(t + h) - LogTimeEmbedding(32)(t - h)) / (2 * h[:, None])).abs().max(1).values
+    assert float(log_rate[mid].max()) < 10.5  # against ~1000 for the sinusoidal features
+    with pytest.raises(ValueError, match="even number"):
+        LogTimeEmbedding(3)
 
 
 def test_conditioning_changes_output() -> None:

@@ -49,7 +49,7 @@ class Architecture:
         attention_levels: Sequence[int] | None = None,
         num_heads: int = 4,
         dropout: float = 0.0,
-        time_embedding: str = "sinusoidal",
+        time_embedding: str = "log",
         groups: int = 8,
         fused_attention: bool = False,
     ) -> Architecture:
