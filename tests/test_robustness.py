@@ -653,3 +653,15 @@ def test_a_lock_whose_owner_has_gone_is_taken_over_even_if_its_pid_was_reused(
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_a_network_too_large_for_the_machine_is_refused_before_allocation(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--base-channels 200000` (a UNet of ~1e12 parameters) is refused in one line naming its size and the
+    option to lower, without allocating it and without leaving a folder."""
+    start = time.perf_counter()
+    assert _train(data, tmp_path / "run", "--base-channels", "200000") != 0
+    assert time.perf_counter() - start < 10.0
+    _one_error_line(capsys, "base_channels = 200000", "GiB", "--base-channels")
+    assert not (tmp_path / "run").exists()

@@ -186,6 +186,44 @@ def check_resumable(run: Run, data: DataOptions, model: ModelOptions, source: Fi
         )
 
 
+def check_model_size(model: ModelOptions, source: FieldSource, device: torch.device | None) -> int:
+    """The network's parameter count, checked against the memory of ``device`` before any allocation.
+
+    The network is first built on the meta device (no memory).  Training holds about five
+    float32 copies of the parameters (weights, gradients, AdamW's two moments, EMA); if that
+    alone exceeds the device's memory the options are refused in one line.
+
+    Raises:
+        ValueError: the network cannot fit (naming its size and the options to lower).
+    """
+    with torch.device("meta"):
+        probe = model.build(source.num_channels, len(source.spatial_shape), len(source.cond_names))
+    n = count_parameters(probe.net)
+    need = 5 * 4 * n
+    have = _device_memory(device)
+    if have is not None and need > have:
+        raise ValueError(
+            f"model options base_channels = {model.base_channels}, channel_mults = {model.channel_mults} give a UNet "
+            f"of {n:.3g} parameters, whose training state alone (~{need / 2**30:.3g} GiB: weights, gradients, AdamW "
+            f"moments, EMA) exceeds the {have / 2**30:.3g} GiB of "
+            f"{'this machine' if device is None or device.type == 'cpu' else str(device)}; "
+            "lower --base-channels or --channel-mults"
+        )
+    return n
+
+
+def _device_memory(device: torch.device | None) -> int | None:
+    """Total memory of ``device`` in bytes (physical memory for the CPU), or None if unknown."""
+    try:
+        if device is not None and device.type == "cuda":
+            return int(torch.cuda.get_device_properties(device).total_memory)
+        if device is None or device.type == "cpu":
+            return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError, RuntimeError, AssertionError):
+        return None
+    return None
+
+
 def _prepare_and_train(
     run_dir: Path, source: FieldSource, data: DataOptions, model: ModelOptions, train: TrainConfig, *,
     resume: bool, overwrite: bool, device: torch.device | None, progress: bool,
@@ -220,6 +258,7 @@ def _prepare_and_train(
         train = train.replace(batch_size=len(train_ds))  # type: ignore[arg-type]
     if val_ds is None:
         train = train.replace(val_every=0)
+    check_model_size(model, source, device)
     score_model = model.build(source.num_channels, len(source.spatial_shape), len(source.cond_names), seed=train.seed)
     # resuming loads the checkpoint into the network here: a mismatch fails before any write
     trainer = Trainer(score_model, train, run_dir=run_dir, resume=resume, normalizer=normalizer, device=device)
