@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from scidiff._ode import NFECounter, ODESolve, TimeVariable, TimeVariableName
+from scidiff._progress import progress_bar
 from scidiff.divergence import (
     DivergenceEstimator,
     Exact,
@@ -159,18 +160,14 @@ def _solve(score: ScoreFn, sde: VPSDE, x: Tensor, estimator: DivergenceEstimator
     estimator.prepare(x, generator)
     functional = _functional_ok(score)
     drift = _AugmentedDrift(counter, var, t_min, 1.0, estimator, functional)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    bar = progress_bar(None, desc, enabled=progress, unit="NFE", leave=False)
+    inner = counter.score
 
-        bar = tqdm(desc=desc, leave=False, unit="NFE")
-        inner = counter.score
+    def with_bar(x_: Tensor, t_: Tensor) -> Tensor:
+        bar.update()
+        return inner(x_, t_)
 
-        def with_bar(x_: Tensor, t_: Tensor) -> Tensor:
-            bar.update()
-            return inner(x_, t_)
-
-        counter.score = with_bar
+    counter.score = with_bar
     s_terms = estimator.num_terms(x)
     # inference_mode tensors cannot take part in autograd: run the solve outside it
     with torch.inference_mode(False), torch.no_grad():
@@ -178,8 +175,7 @@ def _solve(score: ScoreFn, sde: VPSDE, x: Tensor, estimator: DivergenceEstimator
         try:
             x1, gamma = solve(drift, state0, u)
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
     div_s, se = estimator.combine(gamma)
     log_alpha = sde.schedule.log_alpha(torch.tensor([t_min, 1.0], dtype=torch.float64))
     identity_part = x[0].numel() * float(log_alpha[1] - log_alpha[0])
