@@ -71,7 +71,7 @@ def bare_ancestral(net: torch.nn.Module, x: torch.Tensor, steps: int, generator:
 
     sde = sd.VPSDE()
     times = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
-    log_alpha = sde.schedule._log_alpha(times).tolist()
+    log_alpha = sde.schedule.log_alpha(times).tolist()
     coefs = []
     for k in range(steps):
         la_t, la_s = log_alpha[k], log_alpha[k + 1]

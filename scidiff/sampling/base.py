@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from scidiff._ode import NFECounter
+from scidiff._progress import progress_bar
 from scidiff.parameterisation import x0_hat
 from scidiff.sampling.grids import TimeGrid, make_grid
 from scidiff.sde import VPSDE
@@ -64,15 +65,6 @@ def check_t_min(t_min: float) -> float:
     if not (0.0 < t_min < 1.0):
         raise ValueError(f"t_min must lie in (0, 1), got {t_min}")
     return t_min
-
-
-def progress_bar(total: int, desc: str, enabled: bool) -> Any:
-    """A tqdm bar of ``total`` steps, or None when disabled."""
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False)
 
 
 class Sampler(ABC):
@@ -227,15 +219,12 @@ class GridSampler(Sampler):
     ) -> Tensor:
         times = self.grid.times(self.points(), sde.schedule, self.t_min)
         ctx = StepContext(score, sde, times, x, generator)
-        bar = progress_bar(ctx.n - 1 + int(self.denoise), self.name, progress)
+        bar = progress_bar(ctx.n - 1 + int(self.denoise), self.name, enabled=progress, leave=False)
         for k in range(ctx.n - 1):
             x = self.step(ctx, k, x)
-            if bar is not None:
-                bar.update()
+            bar.update()
         if self.denoise:
             x = ctx.x0(x, ctx.n - 1)
-            if bar is not None:
-                bar.update()
-        if bar is not None:
-            bar.close()
+            bar.update()
+        bar.close()
         return x
