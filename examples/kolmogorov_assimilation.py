@@ -45,6 +45,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--sampler-steps", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--out", type=Path, default=Path("runs/kolmogorov"))
     args = p.parse_args()
     if args.quick:
@@ -88,7 +89,7 @@ def main() -> None:
     windows = window_fields(z, args.window)
     sd.train(model, windows, sd.TrainConfig(steps=args.steps, batch_size=32, lr=1e-3, lr_decay="cosine",
                                             warmup_steps=min(200, args.steps), ema_decay=0.995, seed=args.seed),
-             progress=not args.quick)
+             progress=not (args.quick or args.no_progress))
     train_s = time.perf_counter() - t0
 
     times = [k for k in range(0, args.last_observed + 1, args.every)]

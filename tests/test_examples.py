@@ -36,7 +36,7 @@ def _finite(*values: float) -> bool:
 
 def test_every_example_has_a_test():
     tested = {"emulate_at_new_parameters.py", "parameter_inference.py", "sensor_reconstruction.py",
-              "load_your_own_file.py", "likelihood_ranking.py"}
+              "load_your_own_file.py", "likelihood_ranking.py", "kolmogorov_assimilation.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -108,3 +108,19 @@ def test_likelihood_ranking(tmp_path, demo_run):
     assert all(0.0 <= r <= 1.0 for r in res["flag_rate_by_kind"].values())
     lines = (tmp_path / "ranking.csv").read_text().splitlines()
     assert lines[0].startswith("rank,kind,log_prob_nats") and len(lines) > 2
+
+
+@pytest.mark.slow
+def test_kolmogorov_assimilation(tmp_path):
+    """The smoke run: simulate, train a few steps, assimilate, score against the baselines, draw."""
+    _run("kolmogorov_assimilation.py", "--quick", "--out", str(tmp_path))
+    res = json.loads((tmp_path / "results.json").read_text())
+    rows = res["rows"]
+    assert len(rows) == 8 and res["steps"] == 5 and res["observed_states"] == sorted(res["observed_states"])
+    assert all(r["state"] == k for k, r in enumerate(rows))
+    assert all(_finite(r["crps_model"], r["crps_climatology"], r["mae_interpolation"]) for r in rows)
+    assert all(r["crps_model"] >= 0 and r["crps_climatology"] >= 0 for r in rows)
+    # states after the last observation are forecasts
+    last = max(res["observed_states"])
+    assert all(r["forecast"] == (r["state"] > last) for r in rows)
+    assert (tmp_path / "assimilation.png").stat().st_size > 0 and (tmp_path / "scores.png").stat().st_size > 0
