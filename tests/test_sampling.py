@@ -188,6 +188,9 @@ FEW_STEP_CASES = [  # each new sampler at its recommended size
     ("ddim", {"steps": 100, "eta": 1.0}),
     ("heun", {"steps": 25, "s_churn": 10.0}),
     ("dpmpp_2m", {"steps": 20, "grid": "karras"}),
+    ("unipc_2", {"steps": 20}),
+    ("unipc_3", {"steps": 20}),
+    ("unipc_2", {"steps": 20, "variant": "bh1"}),
 ]
 
 
@@ -230,6 +233,7 @@ class _Gaussian:
 ORDER_CASES = [
     ("ddim", "logsnr"), ("ddim", "karras"), ("dpmpp_2m", "logsnr"), ("dpmpp_2m", "karras"),
     ("dpmpp_3m", "logsnr"), ("dpmpp_3m", "karras"), ("heun", "logsnr"), ("heun", "karras"), ("heun", "uniform"),
+    ("unipc_2", "logsnr"), ("unipc_2", "karras"), ("unipc_3", "logsnr"), ("unipc_3", "karras"),
 ]
 
 
@@ -327,7 +331,8 @@ def test_pc_langevin_step_rule_is_pinned():
 
 
 @pytest.mark.parametrize("method,options", [("dpmpp_2m", {"steps": 20}), ("heun", {"steps": 25}),
-                                            ("ddim", {"steps": 100}), ("dpmpp_3m", {"steps": 15})])
+                                            ("ddim", {"steps": 100}), ("dpmpp_3m", {"steps": 15}),
+                                            ("unipc_2", {"steps": 15})])
 def test_few_step_samplers_take_guided_scores(method, options):
     # prior N(m, C) in d = 2, y = A x_0 + N(0, s^2): p(y | x_t) is Gaussian in closed form, so the
     # guided score is the posterior's score and the samples must follow N(m_post, C_post)
@@ -385,7 +390,8 @@ def test_nfe_of_new_samplers_and_registry_options():
     gm = _mixture(sde)
     for method, options, nfe in [("ddim", {"steps": 10}, 10), ("dpmpp_2m", {"steps": 7}, 7),
                                  ("dpmpp_3m", {"steps": 5}, 5), ("heun", {"steps": 6}, 11),
-                                 ("heun", {"steps": 6, "s_churn": 5.0}, 11), ("ancestral", {"steps": 9}, 9)]:
+                                 ("heun", {"steps": 6, "s_churn": 5.0}, 11), ("ancestral", {"steps": 9}, 9),
+                                 ("unipc_2", {"steps": 5}, 5), ("unipc_3", {"steps": 8}, 8)]:
         res = sd.sample(gm, sde, (8, 2), method, dtype=F64, progress=False, return_result=True, **options)
         assert res.nfe == nfe == sampling.make_sampler(method, **options).nfe, (method, res.nfe)
         assert bool(torch.isfinite(res.x).all())
@@ -398,6 +404,44 @@ def test_nfe_of_new_samplers_and_registry_options():
         sd.sample(lambda x, t: -x, sde, (2, 2), "ddim", eta=2.0)
     with pytest.raises(ValueError, match="bad option for method='heun'"):
         sd.sample(lambda x, t: -x, sde, (2, 2), "heun", eta=0.5)
+    with pytest.raises(ValueError, match="variant must be one of"):
+        sd.sample(lambda x, t: -x, sde, (2, 2), "unipc_2", variant="bh3")
+
+
+def test_unipc_predictor_alone_is_dpmpp_2m():
+    # UniP-2 with B(h) = e^{-h} - 1 and the single weight 1/2 is DPM-Solver++(2M) (Zhao et al. 2023, Sec. 3.2)
+    sde = sd.VPSDE()
+    g = _Gaussian(sde)
+    x1 = torch.randn(16, 4, generator=torch.Generator().manual_seed(3), dtype=F64)
+    for grid in ["logsnr", "karras", [1.0, 0.7, 0.4, 0.2, 0.08, 0.01]]:
+        kw = {"grid": grid, **({} if isinstance(grid, list) else {"steps": 9})}
+        a = sampling.UniPC2(corrector=False, **kw).sample(g.score, sde, x1).x
+        b = sampling.DPMSolverPP2M(**kw).sample(g.score, sde, x1).x
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        # the corrector changes the result (and costs nothing): same NFE
+        c = sampling.UniPC2(**kw).sample(g.score, sde, x1)
+        assert c.nfe == sampling.DPMSolverPP2M(**kw).nfe and float((c.x - a).abs().max()) > 1e-6
+
+
+@pytest.mark.parametrize("variant", ["bh1", "bh2"])
+def test_unipc_weights_integrate_polynomials_exactly(variant):
+    # -B(h) sum_m a_m Delta_m must equal the exact remainder integral_0^h e^{-(h - tau)} (D(tau) - D(0)) dtau
+    # for any polynomial D of degree <= q through the points tau = r_m h (q differences)
+    from scipy import integrate
+
+    from scidiff.sampling.unipc import unipc_weights
+
+    rng = np.random.default_rng(0)
+    for h in (0.05, 0.4, 1.5):
+        for r in ([-0.7, 1.0], [-1.0, -2.1, 1.0], [-0.8, -1.9]):
+            q = len(r)
+            coef = rng.normal(size=q + 1)
+            d = lambda tau: np.polyval(coef, tau)  # noqa: E731
+            a, big_b = unipc_weights(r, h, variant)
+            approx = -big_b * sum(w * (d(rm * h) - d(0.0)) / rm for w, rm in zip(a, r))
+            exact = integrate.quad(lambda tau: math.exp(-(h - tau)) * (d(tau) - d(0.0)), 0.0, h,
+                                   epsabs=1e-13, epsrel=1e-13)[0]
+            assert abs(approx - exact) < 1e-9 * (1 + abs(exact)), (h, r, approx, exact)
 
 
 def test_ode_solve_object_shared_with_the_likelihood():

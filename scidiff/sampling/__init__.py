@@ -13,6 +13,8 @@ name               step                                                 order  N
 ``ddim``           DDIM, eta in [0, 1] (Song, Meng & Ermon 2021)        1      steps
 ``dpmpp_2m``       DPM-Solver++ 2M (Lu et al. 2022)                     2      steps
 ``dpmpp_3m``       DPM-Solver++ 3M                                      3      steps
+``unipc_2``        UniP-2 + UniC corrector (Zhao et al. 2023)           3      steps
+``unipc_3``        UniP-3 + UniC corrector                              3      steps
 ``heun``           EDM Heun, optional churn (Karras et al. 2022)        2      2 steps - 1
 ``ode``            PF-ODE through torchdiffeq, any method               any    adaptive
 =================  ===================================================  =====  ===============
@@ -41,6 +43,7 @@ from scidiff.sampling.registry import (
     uniform_grid,
 )
 from scidiff.sampling.stochastic import Ancestral, EulerMaruyama, PredictorCorrector
+from scidiff.sampling.unipc import UniPC, UniPC2, UniPC3
 
 __all__ = [
     "sample",
@@ -55,6 +58,9 @@ __all__ = [
     "DPMSolverPP",
     "DPMSolverPP2M",
     "DPMSolverPP3M",
+    "UniPC",
+    "UniPC2",
+    "UniPC3",
     "Heun",
     "ProbabilityFlowODE",
     "ODESolve",

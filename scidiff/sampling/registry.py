@@ -19,6 +19,7 @@ from scidiff.sampling.grids import GRIDS
 from scidiff.sampling.heun import Heun
 from scidiff.sampling.ode import ProbabilityFlowODE
 from scidiff.sampling.stochastic import Ancestral, EulerMaruyama, PredictorCorrector
+from scidiff.sampling.unipc import UniPC2, UniPC3
 from scidiff.sde import VPSDE
 
 __all__ = [
@@ -34,7 +35,8 @@ __all__ = [
 
 SAMPLERS: dict[str, type[Sampler]] = {
     cls.name: cls
-    for cls in (Ancestral, EulerMaruyama, PredictorCorrector, DDIM, DPMSolverPP2M, DPMSolverPP3M, Heun, ProbabilityFlowODE)
+    for cls in (Ancestral, EulerMaruyama, PredictorCorrector, DDIM, DPMSolverPP2M, DPMSolverPP3M, UniPC2, UniPC3, Heun,
+                ProbabilityFlowODE)
 }
 
 #: The command line's default sampler (at its class's ``default_steps``), chosen from the
@@ -43,7 +45,7 @@ DEFAULT_METHOD: str = "dpmpp_2m"
 
 # the help of each option, shared by every sampler that takes it
 _HELP: dict[str, str] = {
-    "steps": "grid points (= NFE for ancestral/ddim/dpmpp_*; EDM's N for heun, NFE 2N-1; transitions for "
+    "steps": "grid points (= NFE for ancestral/ddim/dpmpp_*/unipc_*; EDM's N for heun, NFE 2N-1; transitions for "
     "euler_maruyama/pc; fixed-grid steps for ode)",
     "grid": f"time grid: {' | '.join(GRIDS)} (uniform in t, uniform in log-SNR, Karras rho = 7)",
     "t_min": "last grid time, where the final denoising x0-hat is taken",
@@ -51,7 +53,10 @@ _HELP: dict[str, str] = {
     "eta": "DDIM stochasticity in [0, 1] (0: deterministic, 1: ancestral)",
     "snr": "predictor-corrector's Langevin signal-to-noise ratio",
     "corrector_steps": "Langevin steps per predictor step",
-    "lower_order_final": "take the step into t_min at order <= 2 on grids of fewer than 15 points",
+    "lower_order_final": "lower the order of the last steps (dpmpp_*: the step into t_min at order <= 2 on grids of "
+    "fewer than 15 points; unipc_*: order <= the steps left)",
+    "variant": "UniPC's B(h): bh1 (-h) or bh2 (e^-h - 1), h the step in half log-SNR",
+    "corrector": "apply the UniC corrector (no extra evaluation)",
     "s_churn": "EDM churn S_churn (0: deterministic)",
     "s_tmin": "EDM churn applies for sigma/alpha >= s_tmin",
     "s_tmax": "EDM churn applies for sigma/alpha <= s_tmax",
@@ -120,6 +125,8 @@ def sampler_options(method: str | None = None) -> dict[str, SamplerOption]:
         choices = None
         if key == "grid":
             choices = tuple(GRIDS)
+        elif key == "variant":
+            choices = ("bh1", "bh2")
         elif key == "time_variable":
             choices = ("t", "logsnr", "sigma")
         out[key] = SamplerOption(
@@ -177,7 +184,7 @@ def sample(
         sde: the VP-SDE the score belongs to.
         shape: [B, *event], e.g. (16, 1, 64, 64).
         method: a name of :data:`SAMPLERS` ("ode" default, "ancestral", "euler_maruyama", "pc",
-            "ddim", "dpmpp_2m", "dpmpp_3m", "heun") or a :class:`Sampler`.
+            "ddim", "dpmpp_2m", "dpmpp_3m", "unipc_2", "unipc_3", "heun") or a :class:`Sampler`.
         generator: a torch.Generator; the same seed gives the same samples.
         x1: start from these prior draws [B, *event] instead of drawing them.
         dtype, device: of the samples (default: the generator's device, torch's default dtype).
