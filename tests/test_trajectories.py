@@ -17,11 +17,11 @@ from scipy import stats
 
 import scidiff as sd
 from scidiff.data import DataError
-from scidiff.guidance import DPSGuidance
+from scidiff.guidance import DPSGuidance, MMPSGuidance
 from scidiff.guidance.operators import MatrixOperator, SparseSensors
 from scidiff.simulators import AR1Field, Lorenz96, NavierStokes2D
 from scidiff.trajectories import (
-    ExactScore, MarkovBlanketScore, MMPSGuidance, StackedWindowScore, StateObservation, WindowDataset,
+    ExactScore, MarkovBlanketScore, StackedWindowScore, StateObservation, WindowDataset,
     autoregressive_rollout, compose_windows, every_nth, from_layout, gaussian_conditional, kalman_smoother,
     open_trajectories, to_layout, trajectories_layout, unfold_windows, window_fields, write_trajectories,
 )
@@ -442,6 +442,29 @@ def test_cli_trajectory_path(tmp_path, capsys) -> None:
     assert main(["trajectory", "train", "--data", str(data), "--var", "field", "--time-dim", "lead",
                  "--out", str(tmp_path / "r2")]) == 2
     assert "no dim named 'lead'" in capsys.readouterr().err
+    # outputs: netCDF suffixes only, never the observation file, never over a run; the run folder's lock is honoured
+    assert main(["trajectory", "sample", str(run), "--length", "6", "--out", str(tmp_path / "samples.txt")]) == 2
+    assert "this command writes netCDF files" in capsys.readouterr().err
+    assert main(["trajectory", "assimilate", str(run), "--obs", str(obs_path), "--length", "6",
+                 "--out", str(obs_path)]) == 2
+    assert "is the input file" in capsys.readouterr().err
+    assert main(["trajectory", "train", "--data", str(data), "--var", "field", "--window", "3", "--steps", "3",
+                 "--out", str(run)]) == 2
+    assert "already holds a window run" in capsys.readouterr().err
+    from scidiff.runs import Run
+
+    with Run.lock(tmp_path / "busy"):
+        assert main(["trajectory", "train", "--data", str(data), "--var", "field", "--window", "3", "--steps", "3",
+                     "--out", str(tmp_path / "busy"), "--no-progress"]) == 2
+        assert "is locked by process" in capsys.readouterr().err
+    with Run.lock(run):
+        assert main(["trajectory", "sample", str(run), "--n", "2", "--length", "6", "--method", "dpmpp_2m",
+                     "--steps", "3", "--out", str(run / "inside.nc"), "--no-progress"]) == 2
+        assert "is locked by process" in capsys.readouterr().err
+    assert not (run / "inside.nc").exists()
+    # `data info` on a trajectory file points to the trajectory commands
+    assert main(["data", "info", str(data)]) == 0
+    assert f"scidiff trajectory train --data {data} --var field" in capsys.readouterr().out
     for action in ("train", "sample", "assimilate"):
         with pytest.raises(SystemExit):
             main(["trajectory", action, "--help"])

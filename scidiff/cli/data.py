@@ -104,12 +104,33 @@ def _describe_xarray(ds: Any, path: Path) -> list[str]:
     params = [n for n, v in ds.data_vars.items() if v.ndim == 1] + [
         n for n, c in ds.coords.items() if c.ndim == 1 and fields and c.dims[0] == ds[fields[0]].dims[0] and n not in ds.dims
     ]
-    if fields:
+    time_dim = _time_dim(ds, fields)
+    if fields and time_dim is not None:
+        hint = f"trajectories (time dim {time_dim!r}): train a window model with: scidiff trajectory train " \
+               f"--data {path} --var {fields[0]}"
+        if time_dim != "time":
+            hint += f" --time-dim {time_dim}"
+        lines.append(hint + " --window 5 --out RUN")
+    elif fields:
         hint = f"train with: scidiff train --data {path} --var {fields[0]}"
         if params:
             hint += f" [--cond {','.join(params)}]"
         lines.append(hint + " --out RUN")
     return lines
+
+
+def _time_dim(ds: Any, fields: list[str]) -> str | None:
+    """The time dim of the first field variable with at least three dims (sample, time, space), if it has one:
+    a dim named ``time`` or one whose coordinate says it is time (``axis: T``, ``standard_name: time``)."""
+    for name in fields:
+        dims = ds[name].dims
+        if len(dims) < 3:
+            continue
+        for d in dims[1:]:
+            attrs = ds[d].attrs if d in ds.variables else {}
+            if d == "time" or str(attrs.get("axis", "")).upper() == "T" or attrs.get("standard_name") == "time":
+                return str(d)
+    return None
 
 
 def _describe_hdf5(path: Path) -> list[str]:

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 from scidiff.cli._common import (
-    add_sampler_options, check_out_folder, finish, ints, names, positive_int, sampler_kwargs, say, show_progress,
-    subcommand,
+    NETCDF_SUFFIXES, add_sampler_options, check_output, finish, ints, lock_if_inside, names, positive_int,
+    sampler_kwargs, say, show_progress, subcommand,
 )
 
 __all__ = ["add_parser"]
@@ -86,14 +86,21 @@ def _run_and_output(q: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from scidiff.trajectories.workflow import train_window_model
+    from scidiff.runs import Run, RunError
+    from scidiff.trajectories.workflow import TRAJECTORY_FILE, train_window_model
 
+    target = Path(args.out)
+    if target.exists() and not target.is_dir():
+        raise RunError(f"--out {str(target)!r} is a file, not a folder for the run")
+    if (target / TRAJECTORY_FILE).exists() or (target / "checkpoints").is_dir():
+        raise RunError(f"--out {str(target)!r} already holds a window run; choose another folder or remove it")
     t0 = time.perf_counter()
-    out = train_window_model(
-        args.data, args.var, args.out, window=args.window, time_dim=args.time_dim, sample_dim=args.sample_dim,
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, base_channels=args.base_channels,
-        channel_mults=tuple(args.channel_mults), periodic=args.periodic, seed=args.seed, device=args.device,
-        progress=show_progress(args))
+    with Run.lock(target):  # the folder's lock, as `scidiff train` holds it
+        out = train_window_model(
+            args.data, args.var, target, window=args.window, time_dim=args.time_dim, sample_dim=args.sample_dim,
+            steps=args.steps, batch_size=args.batch_size, lr=args.lr, base_channels=args.base_channels,
+            channel_mults=tuple(args.channel_mults), periodic=args.periodic, seed=args.seed, device=args.device,
+            progress=show_progress(args))
     say(f"trained a W = {args.window} window model for {args.steps} steps in {time.perf_counter() - t0:.1f} s; "
         f"run in {out}")
     return 0
@@ -108,11 +115,13 @@ def run_sample(args: argparse.Namespace) -> int:
     from scidiff.trajectories.workflow import load_window_run, sample_window_run
 
     out = Path(args.out)
-    check_out_folder(out)
-    run = load_window_run(args.run, device=args.device)
-    ds = sample_window_run(run, args.n, args.length, method=args.method, seed=args.seed, batch_size=args.batch_size,
-                           start=args.start, progress=show_progress(args), device=args.device, **_sampling(args))
-    write_netcdf(ds, out)
+    check_output(out, suffixes=NETCDF_SUFFIXES)
+    with lock_if_inside(args.run, out):  # writing into the run folder: hold its lock
+        run = load_window_run(args.run, device=args.device)
+        ds = sample_window_run(run, args.n, args.length, method=args.method, seed=args.seed,
+                               batch_size=args.batch_size, start=args.start, progress=show_progress(args),
+                               device=args.device, **_sampling(args))
+        write_netcdf(ds, out)
     say(f"drew {args.n} trajectories of {args.length} states with method {args.method} (NFE {ds.attrs['nfe']}, "
         f"{ds.attrs['window_evaluations_per_trajectory']} window evaluations each) in {ds.attrs['seconds']:.1f} s; "
         f"wrote {out}")
@@ -124,13 +133,14 @@ def run_assimilate(args: argparse.Namespace) -> int:
     from scidiff.trajectories.workflow import assimilate_window_run, load_window_run
 
     out = Path(args.out)
-    check_out_folder(out)
-    run = load_window_run(args.run, device=args.device)
-    ds = assimilate_window_run(
-        run, args.obs, args.length, args.n, guidance=args.guidance, inflation=args.inflation, cg_steps=args.cg_steps,
-        method=args.method, seed=args.seed, batch_size=args.batch_size, start=args.start,
-        progress=show_progress(args), device=args.device, **_sampling(args))
-    write_netcdf(ds, out)
+    check_output(out, suffixes=NETCDF_SUFFIXES, inputs=(args.obs,))
+    with lock_if_inside(args.run, out):  # writing into the run folder: hold its lock
+        run = load_window_run(args.run, device=args.device)
+        ds = assimilate_window_run(
+            run, args.obs, args.length, args.n, guidance=args.guidance, inflation=args.inflation,
+            cg_steps=args.cg_steps, method=args.method, seed=args.seed, batch_size=args.batch_size, start=args.start,
+            progress=show_progress(args), device=args.device, **_sampling(args))
+        write_netcdf(ds, out)
     say(f"drew {args.n} posterior trajectories of {args.length} states given {ds.attrs['num_observations']} "
         f"observations ({args.guidance}, method {args.method}, NFE {ds.attrs['nfe']}) in {ds.attrs['seconds']:.1f} s; "
         f"wrote {out}")

@@ -13,6 +13,10 @@ so adding ``scale * grad_x log p(y | x_t)`` to a prior score gives a score that 
 * :class:`DPSGuidance` -- y = A(x_0) + N(0, sigma_y^2 I) through Tweedie's x0-hat
   (Chung et al. 2023), optionally with the variance-inflated Gaussian likelihood of
   score-based data assimilation (Rozet & Louppe 2023).
+* :class:`MMPSGuidance` -- moment-matching posterior sampling for a linear A: the likelihood
+  N(y; A x0-hat, sigma_y^2 I + A Cov[x_0 | x_t] A^T) with the Tweedie covariance from the
+  score's Jacobian, solved by conjugate gradients (Rozet et al. 2024); exact for Gaussian priors
+  (module ``mmps``).
 * :class:`ClassifierFreeGuidance` -- s_w = (1 + w) s(x, t | theta) - w s(x, t) of a model
   trained with condition dropout (Ho & Salimans 2021), and the conditioning convention
   c = [theta, 1] (:func:`condition`, :func:`conditional_score`; module ``cfg``).
@@ -31,6 +35,7 @@ from scidiff.guidance.base import GuidedScore
 from scidiff.guidance.cfg import ClassifierFreeGuidance, condition, conditional_score, null_condition
 from scidiff.guidance.classifier import ClassifierGuidance
 from scidiff.guidance.dps import DPSGuidance
+from scidiff.guidance.mmps import MMPSGuidance, conjugate_gradient
 from scidiff.guidance.noisy import NoisyClassifier, NoisyRegressor, train_noisy_classifier, train_noisy_regressor
 from scidiff.guidance import operators as _operators
 from scidiff.guidance.operators import *  # noqa: F403 - the names of _operators.__all__
@@ -39,6 +44,8 @@ __all__ = [
     "GuidedScore",
     "ClassifierGuidance",
     "DPSGuidance",
+    "MMPSGuidance",
+    "conjugate_gradient",
     "ClassifierFreeGuidance",
     "condition",
     "null_condition",

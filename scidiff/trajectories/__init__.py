@@ -27,7 +27,7 @@ from scidiff.trajectories.io import (
     Trajectories, open_trajectories, trajectories_layout, trajectories_to_dataset, write_trajectories,
 )
 from scidiff.trajectories.kalman import LinearObservation, SmootherResult, gaussian_conditional, kalman_smoother
-from scidiff.trajectories.mmps import MMPSGuidance, conjugate_gradient
+from scidiff.guidance.mmps import MMPSGuidance, conjugate_gradient
 from scidiff.trajectories.observe import StateObservation, every_nth
 from scidiff.trajectories.score import AxisWindowScore, ExactScore, MarkovBlanketScore, StackedWindowScore
 from scidiff.trajectories.windows import check_window, compose_windows, num_windows, unfold_windows

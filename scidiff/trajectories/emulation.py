@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from scidiff.sde import VPSDE
-from scidiff.trajectories.mmps import MMPSGuidance
+from scidiff.guidance.mmps import MMPSGuidance
 from scidiff.trajectories.observe import StateObservation
 from scidiff.trajectories.score import MarkovBlanketScore
 from scidiff.trajectories.windows import check_window

@@ -292,7 +292,7 @@ def assimilate_window_run(run: WindowRun, observations: str | PathLike[str], len
     """``n`` posterior trajectories of ``length`` states given the observation file; a Dataset in data units."""
     from scidiff._version import __version__
     from scidiff.guidance import DPSGuidance
-    from scidiff.trajectories.mmps import MMPSGuidance
+    from scidiff.guidance.mmps import MMPSGuidance
 
     _check_length(run, length)
     if guidance not in ("mmps", "dps"):
