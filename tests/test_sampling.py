@@ -191,6 +191,7 @@ FEW_STEP_CASES = [  # each new sampler at its recommended size
     ("unipc_2", {"steps": 20}),
     ("unipc_3", {"steps": 20}),
     ("unipc_2", {"steps": 20, "variant": "bh1"}),
+    ("auto", {"steps": 20}),
 ]
 
 
@@ -234,6 +235,7 @@ ORDER_CASES = [
     ("ddim", "logsnr"), ("ddim", "karras"), ("dpmpp_2m", "logsnr"), ("dpmpp_2m", "karras"),
     ("dpmpp_3m", "logsnr"), ("dpmpp_3m", "karras"), ("heun", "logsnr"), ("heun", "karras"), ("heun", "uniform"),
     ("unipc_2", "logsnr"), ("unipc_2", "karras"), ("unipc_3", "logsnr"), ("unipc_3", "karras"),
+    ("auto", "logsnr"), ("auto", "karras"),
 ]
 
 
@@ -332,7 +334,7 @@ def test_pc_langevin_step_rule_is_pinned():
 
 @pytest.mark.parametrize("method,options", [("dpmpp_2m", {"steps": 20}), ("heun", {"steps": 25}),
                                             ("ddim", {"steps": 100}), ("dpmpp_3m", {"steps": 15}),
-                                            ("unipc_2", {"steps": 15})])
+                                            ("unipc_2", {"steps": 15}), ("auto", {"steps": 12})])
 def test_few_step_samplers_take_guided_scores(method, options):
     # prior N(m, C) in d = 2, y = A x_0 + N(0, s^2): p(y | x_t) is Gaussian in closed form, so the
     # guided score is the posterior's score and the samples must follow N(m_post, C_post)
@@ -391,7 +393,8 @@ def test_nfe_of_new_samplers_and_registry_options():
     for method, options, nfe in [("ddim", {"steps": 10}, 10), ("dpmpp_2m", {"steps": 7}, 7),
                                  ("dpmpp_3m", {"steps": 5}, 5), ("heun", {"steps": 6}, 11),
                                  ("heun", {"steps": 6, "s_churn": 5.0}, 11), ("ancestral", {"steps": 9}, 9),
-                                 ("unipc_2", {"steps": 5}, 5), ("unipc_3", {"steps": 8}, 8)]:
+                                 ("unipc_2", {"steps": 5}, 5), ("unipc_3", {"steps": 8}, 8),
+                                 ("auto", {"steps": 5}, 5)]:
         res = sd.sample(gm, sde, (8, 2), method, dtype=F64, progress=False, return_result=True, **options)
         assert res.nfe == nfe == sampling.make_sampler(method, **options).nfe, (method, res.nfe)
         assert bool(torch.isfinite(res.x).all())
@@ -461,3 +464,53 @@ def test_ode_solve_object_shared_with_the_likelihood():
             _ode.ODESolve(**bad)
     with pytest.raises(ValueError, match="unknown ODE method"):
         sd.log_likelihood(lambda x, t: -x, sd.VPSDE(), torch.zeros(2, 2, dtype=F64), method="rk99")
+
+
+def test_auto_is_the_family_member_its_step_size_picks():
+    # with the thresholds pushed to the ends, every step is one member: the runs must coincide exactly
+    inf = math.inf
+    sde = sd.VPSDE()
+    g = _Gaussian(sde)
+    x1 = torch.randn(16, 4, generator=torch.Generator().manual_seed(5), dtype=F64)
+    for grid in ["logsnr", "karras", [1.0, 0.8, 0.5, 0.3, 0.12, 0.05, 0.01]]:
+        kw = {"grid": grid, **({} if isinstance(grid, list) else {"steps": 7})}
+        for opts, other in [({"h_small": 0.0, "h_large": inf}, sampling.DPMSolverPP2M(**kw)),
+                            ({"h_small": 0.0, "h_large": 0.0}, sampling.UniPC2(variant="exact", **kw)),
+                            ({"h_small": inf, "h_large": inf}, sampling.UniPC3(**kw))]:
+            a = sampling.StepSizeMultistep(**opts, **kw).sample(g.score, sde, x1).x
+            torch.testing.assert_close(a, other.sample(g.score, sde, x1).x, rtol=1e-12, atol=1e-12)
+    # the default thresholds on the default grid: 5 steps are exact-weight UniPC-2 steps, 10 are 2M, 20 UniPC-3
+    for steps, other in [(5, sampling.UniPC2(5, variant="exact")), (10, sampling.DPMSolverPP2M(10)),
+                         (20, sampling.UniPC3(20))]:
+        a = sampling.StepSizeMultistep(steps).sample(g.score, sde, x1).x
+        torch.testing.assert_close(a, other.sample(g.score, sde, x1).x, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="h_large must be >= h_small"):
+        sampling.StepSizeMultistep(h_small=1.0, h_large=0.5)
+
+
+def test_auto_on_the_steep_gaussian_field_per_mode():
+    # The k^-3 field of the benchmarks (16 x 16, pointwise variance 1) with its exact score: every
+    # sampler here is linear and diagonal in the field's Fourier basis, x_0 = g_k x_1 per mode, so the
+    # sample variance of mode k is exactly g_k^2: run the sampler on x_1 = 1 with one coordinate per mode
+    # (variance lambda_k); mean_k |ln(g_k^2 / lambda_k)| is the benchmark's error for infinitely many
+    # samples.  The default must beat DPM-Solver++ 2M and 3M at 5 evaluations, equal 2M at 10 and beat
+    # both at 20.
+    from scidiff.simulators import GaussianRandomField
+
+    spec = GaussianRandomField(16, 2, slope=3.0).spectrum()
+    lam = GaussianRandomField(16, 2, slope=3.0, amplitude=256 / float(spec.sum())).spectrum().flatten()
+    sde = sd.VPSDE()
+
+    def score(x, t):
+        c = sde.schedule.coefficients(t[:1].double())
+        return -x / (c.alpha**2 * lam + c.sigma**2)
+
+    def error(method, steps):
+        g = sampling.make_sampler(method, steps=steps).sample(score, sde, torch.ones(1, lam.numel(), dtype=F64)).x[0]
+        return float((torch.log(g**2) - torch.log(lam)).abs().mean())
+
+    e5 = {m: error(m, 5) for m in ("auto", "dpmpp_2m", "dpmpp_3m")}
+    assert e5["auto"] < 0.85 * min(e5["dpmpp_2m"], e5["dpmpp_3m"]), e5
+    assert error("auto", 10) == pytest.approx(error("dpmpp_2m", 10), rel=1e-9)
+    e20 = {m: error(m, 20) for m in ("auto", "dpmpp_2m", "dpmpp_3m")}
+    assert e20["auto"] < 0.5 * min(e20["dpmpp_2m"], e20["dpmpp_3m"]), e20

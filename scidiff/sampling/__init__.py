@@ -15,6 +15,7 @@ name               step                                                 order  N
 ``dpmpp_3m``       DPM-Solver++ 3M                                      3      steps
 ``unipc_2``        UniP-2 + UniC corrector (Zhao et al. 2023)           3      steps
 ``unipc_3``        UniP-3 + UniC corrector                              3      steps
+``auto``           per step by log-SNR step size: UniPC-3, 2M, UniPC-2  3      steps
 ``heun``           EDM Heun, optional churn (Karras et al. 2022)        2      2 steps - 1
 ``ode``            PF-ODE through torchdiffeq, any method               any    adaptive
 =================  ===================================================  =====  ===============
@@ -26,6 +27,7 @@ reads its ``--method`` choices and options from (:func:`sampler_options`).
 from __future__ import annotations
 
 from scidiff._ode import ODESolve
+from scidiff.sampling.auto import StepSizeMultistep
 from scidiff.sampling.base import GridSampler, SampleResult, Sampler, StepContext
 from scidiff.sampling.ddim import DDIM
 from scidiff.sampling.dpmpp import DPMSolverPP, DPMSolverPP2M, DPMSolverPP3M
@@ -61,6 +63,7 @@ __all__ = [
     "UniPC",
     "UniPC2",
     "UniPC3",
+    "StepSizeMultistep",
     "Heun",
     "ProbabilityFlowODE",
     "ODESolve",

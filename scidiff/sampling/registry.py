@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from scidiff._ode import NFECounter, ODESolve
+from scidiff.sampling.auto import StepSizeMultistep
 from scidiff.sampling.base import SampleResult, Sampler, ScoreFn
 from scidiff.sampling.ddim import DDIM
 from scidiff.sampling.dpmpp import DPMSolverPP2M, DPMSolverPP3M
@@ -35,17 +36,17 @@ __all__ = [
 
 SAMPLERS: dict[str, type[Sampler]] = {
     cls.name: cls
-    for cls in (Ancestral, EulerMaruyama, PredictorCorrector, DDIM, DPMSolverPP2M, DPMSolverPP3M, UniPC2, UniPC3, Heun,
-                ProbabilityFlowODE)
+    for cls in (Ancestral, EulerMaruyama, PredictorCorrector, DDIM, DPMSolverPP2M, DPMSolverPP3M, UniPC2, UniPC3,
+                StepSizeMultistep, Heun, ProbabilityFlowODE)
 }
 
 #: The command line's default sampler (at its class's ``default_steps``), chosen from the
 #: measurements in docs/samplers.md.
-DEFAULT_METHOD: str = "dpmpp_2m"
+DEFAULT_METHOD: str = "auto"
 
 # the help of each option, shared by every sampler that takes it
 _HELP: dict[str, str] = {
-    "steps": "grid points (= NFE for ancestral/ddim/dpmpp_*/unipc_*; EDM's N for heun, NFE 2N-1; transitions for "
+    "steps": "grid points (= NFE for ancestral/ddim/dpmpp_*/unipc_*/auto; EDM's N for heun, NFE 2N-1; transitions for "
     "euler_maruyama/pc; fixed-grid steps for ode)",
     "grid": f"time grid: {' | '.join(GRIDS)} (uniform in t, uniform in log-SNR, Karras rho = 7)",
     "t_min": "last grid time, where the final denoising x0-hat is taken",
@@ -55,8 +56,10 @@ _HELP: dict[str, str] = {
     "corrector_steps": "Langevin steps per predictor step",
     "lower_order_final": "lower the order of the last steps (dpmpp_*: the step into t_min at order <= 2 on grids of "
     "fewer than 15 points; unipc_*: order <= the steps left)",
-    "variant": "UniPC's B(h): bh1 (-h) or bh2 (e^-h - 1), h the step in half log-SNR",
+    "variant": "UniPC's B(h): bh1 (-h) or bh2 (e^-h - 1), h the step in half log-SNR; exact: every weight solved",
     "corrector": "apply the UniC corrector (no extra evaluation)",
+    "h_small": "auto: log-SNR steps up to this size (half log-SNR) are UniPC-3 steps",
+    "h_large": "auto: log-SNR steps above this size are exact-weight UniPC-2 steps; in between DPM-Solver++ 2M",
     "s_churn": "EDM churn S_churn (0: deterministic)",
     "s_tmin": "EDM churn applies for sigma/alpha >= s_tmin",
     "s_tmax": "EDM churn applies for sigma/alpha <= s_tmax",
@@ -126,7 +129,7 @@ def sampler_options(method: str | None = None) -> dict[str, SamplerOption]:
         if key == "grid":
             choices = tuple(GRIDS)
         elif key == "variant":
-            choices = ("bh1", "bh2")
+            choices = ("bh1", "bh2", "exact")
         elif key == "time_variable":
             choices = ("t", "logsnr", "sigma")
         out[key] = SamplerOption(
@@ -184,7 +187,7 @@ def sample(
         sde: the VP-SDE the score belongs to.
         shape: [B, *event], e.g. (16, 1, 64, 64).
         method: a name of :data:`SAMPLERS` ("ode" default, "ancestral", "euler_maruyama", "pc",
-            "ddim", "dpmpp_2m", "dpmpp_3m", "unipc_2", "unipc_3", "heun") or a :class:`Sampler`.
+            "ddim", "dpmpp_2m", "dpmpp_3m", "unipc_2", "unipc_3", "auto", "heun") or a :class:`Sampler`.
         generator: a torch.Generator; the same seed gives the same samples.
         x1: start from these prior draws [B, *event] instead of drawing them.
         dtype, device: of the samples (default: the generator's device, torch's default dtype).

@@ -20,7 +20,8 @@ The weights solve R a = g with R_{jm} = r_m^{j-1} and g_j = j! (-h) phi_{j+1}(-h
 phi_1(z) = (e^z - 1) / z and phi_{j+1}(z) = (phi_j(z) - 1 / j!) / z (the Taylor weights of the
 exact integral); a single weight is 1/2 (the paper's choice for a 1 x 1 system, which makes
 UniP-2 with B(h) = e^{-h} - 1 the DPM-Solver++(2M) step).  B(h) is ``variant``: "bh1" is
-B(h) = -h, "bh2" is B(h) = e^{-h} - 1.  UniP-p is of order p; UniC-p raises the order to p + 1.
+B(h) = -h, "bh2" is B(h) = e^{-h} - 1; "exact" solves the 1 x 1 system as well (the exact integral
+of the linear interpolant; B(h) cancels).  UniP-p is of order p; UniC-p raises the order to p + 1.
 
 The corrected x_i is the start of the next predictor step, whose x0-hat_i stays the one taken
 at x~_i.  The first steps use the orders their history allows, the last steps the orders the
@@ -38,7 +39,7 @@ from scidiff.sampling.base import GridLike, GridSampler, StepContext
 
 __all__ = ["UniPC", "UniPC2", "UniPC3", "unipc_weights"]
 
-_VARIANTS = ("bh1", "bh2")
+_VARIANTS = ("bh1", "bh2", "exact")
 
 
 def _solve(rows: list[list[float]], rhs: list[float]) -> list[float]:
@@ -61,12 +62,14 @@ def _solve(rows: list[list[float]], rhs: list[float]) -> list[float]:
 def unipc_weights(r: list[float], h: float, variant: str) -> tuple[list[float], float]:
     """(a, B(h)): the weights a_1..a_q of the differences Delta_m with ratios ``r`` (q = len(r)).
 
-    g_j = j! z phi_{j+1}(z) / B(h) with z = -h; a single weight is 1/2 (module docstring).
+    g_j = j! z phi_{j+1}(z) / B(h) with z = -h.  For "bh1" and "bh2" a single weight is 1/2
+    (module docstring); "exact" solves the 1 x 1 system too, a_1 B(h) = z phi_2(z): the exact
+    integral of the linear interpolant of x0-hat (B(h) then cancels from every product a_m B(h)).
     """
     z = -h
     big_b = z if variant == "bh1" else math.expm1(z)
     q = len(r)
-    if q == 1:
+    if q == 1 and variant != "exact":
         return [0.5], big_b
     g = []
     z_phi = math.expm1(z) / z - 1.0  # z phi_2(z) = phi_1(z) - 1
@@ -86,7 +89,7 @@ class UniPC(GridSampler):
     x0-hat at t_min.  NFE = steps: one data prediction per grid point, the corrector included.
 
     Args:
-        variant: B(h), "bh1" (-h) or "bh2" (e^{-h} - 1).
+        variant: B(h), "bh1" (-h) or "bh2" (e^{-h} - 1), or "exact" (no B(h): every weight solved).
         corrector: apply UniC after every predictor step except into the last point.
         lower_order_final: the step from point k has order <= n - k, the steps left with the final
             denoising counted (so <= 2 into t_min, <= 3 into the point before).
@@ -115,9 +118,11 @@ class UniPC(GridSampler):
         self.corrector = bool(corrector)
         self.lower_order_final = bool(lower_order_final)
 
-    def _update(self, ctx: StepContext, k: int, x: Tensor, ds: list[Tensor], d_new: Tensor | None) -> Tensor:
+    def _update(
+        self, ctx: StepContext, k: int, x: Tensor, ds: list[Tensor], d_new: Tensor | None, variant: str | None = None
+    ) -> Tensor:
         """The step from (t_k, x) to t_{k+1}: UniP with history ``ds`` = [x0-hat_k, x0-hat_{k-1}, ...],
-        or UniC when ``d_new`` = x0-hat_{k+1} is given."""
+        or UniC when ``d_new`` = x0-hat_{k+1} is given; ``variant`` defaults to the sampler's."""
         lam = ctx.log_snr  # log(alpha^2 / sigma^2): the paper's lambda is half of it
         h = 0.5 * (lam[k + 1] - lam[k])
         r = [0.5 * (lam[k - m] - lam[k]) / h for m in range(1, len(ds))]
@@ -128,7 +133,7 @@ class UniPC(GridSampler):
         a_s = ctx.alpha[k + 1]
         out = x.mul(ctx.sigma[k + 1] / ctx.sigma[k]).add_(ds[0], alpha=-a_s * math.expm1(-h))
         if diffs:
-            weights, big_b = unipc_weights(r, h, self.variant)
+            weights, big_b = unipc_weights(r, h, self.variant if variant is None else variant)
             for w, d in zip(weights, diffs):
                 out.add_(d, alpha=-a_s * big_b * w)
         return out
