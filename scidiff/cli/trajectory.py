@@ -42,6 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     q.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     q.add_argument("--base-channels", type=positive_int, default=32, help="UNet width")
     q.add_argument("--channel-mults", type=ints, default=[1, 2], help="width multiplier per level")
+    q.add_argument("--prediction", choices=["eps", "x0", "v"], default="v",
+                   help="network target (default v: an accurate x0-hat at high noise, which the guidance needs)")
     q.add_argument("--periodic", action=argparse.BooleanOptionalAction, default=True,
                    help="circular padding (periodic space)")
     finish(q, run_train)
@@ -99,7 +101,8 @@ def run_train(args: argparse.Namespace) -> int:
         out = train_window_model(
             args.data, args.var, target, window=args.window, time_dim=args.time_dim, sample_dim=args.sample_dim,
             steps=args.steps, batch_size=args.batch_size, lr=args.lr, base_channels=args.base_channels,
-            channel_mults=tuple(args.channel_mults), periodic=args.periodic, seed=args.seed, device=args.device,
+            channel_mults=tuple(args.channel_mults), periodic=args.periodic, prediction=args.prediction, seed=args.seed,
+            device=args.device,
             progress=show_progress(args))
     say(f"trained a W = {args.window} window model for {args.steps} steps in {time.perf_counter() - t0:.1f} s; "
         f"run in {out}")

@@ -113,7 +113,7 @@ def train_window_model(
     base_channels: int = 32,
     channel_mults: tuple[int, ...] = (1, 2),
     periodic: bool = True,
-    prediction: str = "eps",
+    prediction: str = "v",
     seed: int = 0,
     device: str = "cpu",
     progress: bool = True,
@@ -124,7 +124,15 @@ def train_window_model(
     stacked as channels (``[W C, *spatial]``) and fed to :func:`scidiff.train` with a
     ``UNet(W C, dims)``; checkpoints go to ``out``, and ``out/trajectory.json`` records the rest.
     Returns ``out``.
+
+    ``prediction`` is what the network outputs (``"v"``, ``"x0"`` or ``"eps"``).  The default ``"v"``
+    matters for assimilation: MMPS and DPS read ``x0-hat = (x_t - sigma_t eps-hat) / alpha_t``, which
+    for an eps-network multiplies its error by ``sigma_t / alpha_t`` (150 at t = 1 for the default
+    VP-SDE), so the Tweedie covariance of an eps-model is indefinite and huge at high noise and
+    posterior members blow up (docs/trajectories.md, "Lorenz-96").
     """
+    if prediction not in ("eps", "x0", "v"):
+        raise ValueError(f"prediction must be 'eps', 'x0' or 'v', got {prediction!r}")
     from scidiff.models import ScoreModel
     from scidiff.nets import UNet
     from scidiff.sde import VPSDE
