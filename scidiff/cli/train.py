@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from scidiff.cli._common import finish, ints, names, positive_int, say, show_progress, subcommand
@@ -28,6 +29,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="continue the run in --out from its latest checkpoint, with its own options (RUN/config.toml) "
                    "unless --config is given; only training options (--steps, --lr, ...) may change")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--latent", metavar="NAME=VALUE[,...]", default=None,
+                   help="latent diffusion: train an autoencoder first (factor=4,channels=4 by default; also "
+                   "base_channels, kl_weight, spectral_weight, steps, lr), then the model on its latents, in one run "
+                   "folder (docs/latent.md); sample, loglik (which then reports a lower bound) and evaluate use it as any run")
     g = p.add_argument_group("data")
     g.add_argument("--sample-dim", help="the dim indexing fields (default: guessed)")
     g.add_argument("--spatial-dims", type=names, help="the grid dims (default: guessed)")
@@ -87,10 +92,21 @@ def run(args: argparse.Namespace) -> int:
     from scidiff import runs
 
     data, model, train = options_from(args)
-    summary = runs.train(
-        args.out, data, model, train, resume=args.resume, overwrite=args.overwrite, device=args.device,
-        progress=show_progress(args),
-    )
+    latent_file = Path(args.out) / "latent.json"
+    if args.latent is None and args.resume and latent_file.is_file():  # a latent run resumes as one
+        import json
+
+        args.latent = ",".join(f"{k}={v}" for k, v in json.loads(latent_file.read_text())["options"].items())
+    if args.latent is not None:
+        summary = runs.train_latent(
+            args.out, data, model, train, runs.parse_latent(args.latent), resume=args.resume,
+            overwrite=args.overwrite, device=args.device, progress=show_progress(args),
+        )
+    else:
+        summary = runs.train(
+            args.out, data, model, train, resume=args.resume, overwrite=args.overwrite, device=args.device,
+            progress=show_progress(args),
+        )
     last = next((h for h in reversed(summary.history) if "loss" in h), {})
     val = next((h["val_loss"] for h in reversed(summary.history) if "val_loss" in h), None)
     say(

@@ -11,7 +11,8 @@
     result = runs.evaluate(loaded, "test.nc", out_dir="runs/grf/evaluation")
 
 Pieces: the options and ``config.toml`` (``options``), the folder itself (``run``: :class:`Run`,
-:class:`LoadedModel`), training into it (``train``), sampling and likelihoods (``infer``), and
+:class:`LoadedModel`), training into it (``train``; ``latent``: an autoencoder, then a score
+model on its latents, in one folder), sampling and likelihoods (``infer``), and
 sample-quality metrics with figures (``evaluate``).  The command line (:mod:`scidiff.cli`) is
 argument parsing and printing over these functions.
 """
@@ -21,6 +22,7 @@ from scidiff.runs.infer import SAMPLER_OPTIONS, as_loaded, loglik, open_like_run
 from scidiff.runs.options import CONFIG_FILE, DataOptions, ModelOptions, config_text, read_config, write_config
 from scidiff.runs.run import RUN_FILE, LoadedModel, Run, RunError, load_run
 from scidiff.runs.train import TrainSummary, open_training_data, train
+from scidiff.runs.latent import LatentOptions, parse_latent, train_latent
 
 __all__ = [
     "Run",
@@ -33,6 +35,9 @@ __all__ = [
     "write_config",
     "config_text",
     "train",
+    "train_latent",
+    "LatentOptions",
+    "parse_latent",
     "TrainSummary",
     "open_training_data",
     "sample",

@@ -9,6 +9,9 @@ A run folder, as written by :func:`scidiff.runs.train` (``scidiff train``, ``sci
                      conditioning columns and their standardisation
     checkpoints/     the Trainer's checkpoints step_XXXXXXXX/ (weights, EMA, normaliser, history)
     latest           names the newest complete checkpoint
+    autoencoder/     a latent run only (:func:`scidiff.runs.train_latent`): the autoencoder's
+                     checkpoint; the score model of checkpoints/ then lives on its latents
+    latent.json      a latent run only: the autoencoder options and the latent shift and scale
     lock             present while a process trains or writes into the folder (its pid and host)
     .overwritten.old-XXXXXXXX/
                      during ``--overwrite``, the previous run, until the new one's first checkpoint
@@ -60,7 +63,9 @@ LOCK_FILE = "lock"
 RUN_FORMAT = "scidiff-run"
 ASIDE = ".overwritten.old-"
 """Prefix of the hidden folder an ``--overwrite`` keeps the old run in until the new one's first checkpoint."""
-RUN_ENTRIES = (RUN_FILE, CONFIG_FILE, CHECKPOINTS_DIR, LATEST_FILE)
+LATENT_FILE = "latent.json"
+AUTOENCODER_DIR = "autoencoder"
+RUN_ENTRIES = (RUN_FILE, CONFIG_FILE, CHECKPOINTS_DIR, LATEST_FILE, AUTOENCODER_DIR, LATENT_FILE)
 """What of a run folder is the run (what ``--overwrite`` replaces)."""
 
 
@@ -186,7 +191,19 @@ class Run:
                 f"checkpoint {str(ckpt.path)!r} holds no normalisation statistics; it was not made by scidiff train"
             )
         check_finite_weights(ckpt.model, f"checkpoint {str(ckpt.path)!r}")
-        return LoadedModel(run=self, model=ckpt.model, normalizer=normalizer, checkpoint=ckpt, device=dev)
+        latent = self._load_latent(ckpt.model, dev) if (self.path / LATENT_FILE).is_file() else None
+        return LoadedModel(run=self, model=ckpt.model, normalizer=normalizer, checkpoint=ckpt, device=dev,
+                           latent=latent)
+
+    def _load_latent(self, model: ScoreModel, device: torch.device) -> Any:
+        """The :class:`~scidiff.latent.LatentDiffusion` of a latent run: its autoencoder and ``model``."""
+        from scidiff.latent import LatentDiffusion, load_autoencoder
+
+        info = json.loads((self.path / LATENT_FILE).read_text())
+        ae = load_autoencoder(self.path / AUTOENCODER_DIR, device=device)
+        check_finite_weights(ae, f"autoencoder {str(self.path / AUTOENCODER_DIR)!r}")
+        return LatentDiffusion(ae, model, self.field_shape, latent_shift=torch.tensor(info["latent_shift"]),
+                               latent_scale=torch.tensor(info["latent_scale"])).to(device)
 
     def condition(self, theta: Tensor) -> Tensor:
         """``c = [(theta - mean) / std, 1]`` for parameters ``theta`` ``[B, P]`` in data units."""
@@ -492,6 +509,8 @@ class LoadedModel:
         normalizer: the per-channel :class:`~scidiff.data.Normalizer` of the training data.
         checkpoint: the loaded :class:`~scidiff.checkpoint.Checkpoint`.
         device: where the model is.
+        latent: for a latent run, the :class:`~scidiff.latent.LatentDiffusion` (autoencoder and
+            ``model``, which then acts on its latents); None otherwise.
     """
 
     run: Run
@@ -499,6 +518,7 @@ class LoadedModel:
     normalizer: Normalizer
     checkpoint: Checkpoint
     device: torch.device
+    latent: Any = None
 
     def score(self, theta: Tensor | None) -> Callable[[Tensor, Tensor], Tensor]:
         """The score callable, conditioned on ``theta`` ``[B, P]`` (data units) if the run is conditional."""
