@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
@@ -24,6 +25,10 @@ from scidiff.latent import (
     LatentDiffusion,
     latent_statistics,
     load_autoencoder,
+    reconstruction_error_spectrum,
+    reconstruction_panels,
+    shell_power,
+    spectral_distance,
     train_autoencoder,
 )
 from scidiff.simulators import GaussianRandomField
@@ -304,3 +309,29 @@ def test_trained_latent_bound_below_the_exact_grf_density():
     se_mean = float(res.log_prob_se.square().sum().sqrt()) / len(gap)
     assert bool(torch.isfinite(res.log_prob).all()) and bool((res.log_prob_se > 0).all())
     assert float(gap.mean()) > -3 * se_mean, (float(gap.mean()), se_mean)
+
+
+# ---- spectra of reconstructions ------------------------------------------------------------------------
+def test_reconstruction_error_spectrum_is_the_residual_power_over_the_data_power():
+    """x_hat = x + c * (x high-passed at |k| > 4): e(k) = 0 for |k| <= 4 and c^2 above, exactly."""
+    x = GaussianRandomField(32, dims=2, slope=2.0).sample(8, seed=3)
+    xf = torch.fft.fftn(x, dim=(1, 2))
+    k = torch.fft.fftfreq(32, d=1 / 32)
+    high = (k[:, None] ** 2 + k[None, :] ** 2).sqrt().round() > 4
+    x_hat = x + 0.3 * torch.fft.ifftn(xf * high, dim=(1, 2)).real
+    kk, e = reconstruction_error_spectrum(x.numpy(), x_hat.numpy())
+    shell = np.round(kk / (2 * np.pi)).astype(int)
+    np.testing.assert_allclose(e[shell <= 4], 0.0, atol=1e-20)
+    np.testing.assert_allclose(e[(shell > 4) & np.isfinite(e)], 0.09, rtol=1e-10)
+    fig = reconstruction_panels(x[:3], x_hat[:3], x_hat[3:6])
+    assert len(fig.axes) == 3 * 3 + 1  # three rows of three, one colour bar
+
+
+def test_spectral_term_vanishes_only_for_equal_shell_power():
+    """S(x, x) = 0; S(x, 2x) = (ln 4)^2 on every shell; shell_power sums |FFT|^2 / modes by Parseval."""
+    x = torch.randn(3, 2, 16, 16, dtype=torch.float64)
+    torch.testing.assert_close(spectral_distance(x, x), torch.zeros(3, dtype=torch.float64))
+    torch.testing.assert_close(spectral_distance(2 * x, x), torch.full((3,), math.log(4.0) ** 2, dtype=torch.float64),
+                               rtol=1e-6, atol=0)
+    p = shell_power(x)
+    assert p.shape[:2] == (3, 2) and bool((p[..., 1:] > 0).all())

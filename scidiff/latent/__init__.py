@@ -8,6 +8,7 @@ log p(z) from the latent model's probability-flow ODE.  See ``docs/latent.md``.
 """
 
 from scidiff.latent.autoencoder import Autoencoder, DiagonalGaussian, check_factor
+from scidiff.latent.figures import reconstruction_error_plot, reconstruction_error_spectrum, reconstruction_panels
 from scidiff.latent.diffusion import LatentBound, LatentDiffusion, latent_statistics
 from scidiff.latent.losses import AutoencoderLoss, autoencoder_loss, shell_power, spectral_distance
 from scidiff.latent.train import AutoencoderTrainer, load_autoencoder, save_autoencoder, train_autoencoder
@@ -15,5 +16,6 @@ from scidiff.latent.train import AutoencoderTrainer, load_autoencoder, save_auto
 __all__ = [
     "Autoencoder", "DiagonalGaussian", "check_factor", "AutoencoderLoss", "autoencoder_loss", "shell_power",
     "spectral_distance", "AutoencoderTrainer", "train_autoencoder", "save_autoencoder", "load_autoencoder",
-    "LatentDiffusion", "LatentBound", "latent_statistics",
+    "LatentDiffusion", "LatentBound", "latent_statistics", "reconstruction_error_spectrum", "reconstruction_panels",
+    "reconstruction_error_plot",
 ]
