@@ -53,7 +53,7 @@ _EXPORTS: dict[str, str] = {
 _SUBMODULES = {
     "schedules", "sde", "ddpm", "models", "sampling", "likelihood", "divergence", "guidance",
     "nets", "data", "simulators", "training", "metrics", "plots", "cli", "analytic", "checkpoint",
-    "operators", "conditional", "inference", "parameterisation", "runs", "demo", "trajectories",
+    "operators", "conditional", "inference", "parameterisation", "runs", "demo", "trajectories", "latent",
 }
 
 __all__ = ["__version__", *_EXPORTS]
