@@ -170,7 +170,8 @@ def sample(
     if isinstance(cond, Tensor) and cond.shape != (n, len(run.cond_names)):
         raise ValueError(f"cond must be [n, P] = [{n}, {len(run.cond_names)}], got {list(cond.shape)}")
     generator = torch.Generator(device=loaded.device).manual_seed(int(seed))
-    shape = run.field_shape
+    latent = loaded.latent  # a latent run draws latents and decodes them
+    shape = run.field_shape if latent is None else latent.latent_shape
     dtype = next(loaded.model.parameters()).dtype
     bar = progress_bar(n, "sampling", enabled=progress, unit="field")
     parts: list[Tensor] = []
@@ -191,6 +192,9 @@ def sample(
                 "weights are finite; try --method ode, more --steps, or a larger --t-min"
             )
         nfe += res.nfe
+        if latent is not None:
+            with torch.no_grad():
+                res.x = latent.decode(res.x)
         parts.append(res.x.detach().double().cpu())
         bar.update(b)
     bar.close()
@@ -266,8 +270,14 @@ def loglik(
     seed: int = 0,
     progress: bool = True,
     device: torch.device | str | None = None,
+    bound_samples: int = 4,
 ) -> Any:
     """log p(x) of the fields in ``data`` under a run's model, per field, in the data's units.
+
+    For a latent run (:func:`scidiff.runs.train_latent`) ``log_prob`` is not log p(x) but the
+    evidence lower bound E_q[log p(x | z) + log p(z) - log q(z | x)] <= log p(x)
+    (:meth:`scidiff.latent.LatentDiffusion.log_likelihood_bound`, ``bound_samples`` draws of z
+    per field), its standard error from the draws, and the attribute ``log_prob_is_lower_bound`` = 1.
 
     Args:
         run: a :class:`Run`, its folder, or a :class:`LoadedModel`.
@@ -325,11 +335,21 @@ def loglik(
             score = loaded.score(chunk.cond)
             generator = torch.Generator(device=loaded.device).manual_seed(int(seed) * 1_000_003 + b0)
             try:
-                res = log_likelihood(
-                    score, loaded.model.sde, z.to(device=loaded.device, dtype=dtype), divergence=divergence,  # type: ignore[arg-type]
-                    probes=probes, spacing=spacing, target_se=target_se, rtol=rtol, atol=atol, t_min=t_min,
-                    time_variable=time_variable, generator=generator,  # type: ignore[arg-type]
-                )
+                if loaded.latent is not None:
+                    if chunk.cond is not None:
+                        raise ValueError("the bound of a conditional latent run is not available yet")
+                    res = loaded.latent.log_likelihood_bound(
+                        z.to(device=loaded.device, dtype=dtype), samples=bound_samples, generator=generator,
+                        divergence=divergence, probes=probes, spacing=spacing, target_se=target_se, rtol=rtol,
+                        atol=atol, t_min=t_min, time_variable=time_variable,
+                    )
+                    res.divergence = [f"{divergence} (bound)"] * z.shape[0]
+                else:
+                    res = log_likelihood(
+                        score, loaded.model.sde, z.to(device=loaded.device, dtype=dtype), divergence=divergence,  # type: ignore[arg-type]
+                        probes=probes, spacing=spacing, target_se=target_se, rtol=rtol, atol=atol, t_min=t_min,
+                        time_variable=time_variable, generator=generator,  # type: ignore[arg-type]
+                    )
             except AssertionError as err:  # torchdiffeq's step-size underflow
                 raise solver_failure(err, f"fields {b0}-{b1 - 1} of {Path(data).name}", z) from None
             nfe += res.nfe
@@ -364,6 +384,9 @@ def loglik(
         "nfe": int(nfe),
         "processes": int(world),
     }
+    if loaded.latent is not None:
+        provenance["log_prob_is_lower_bound"] = 1
+        provenance["bound_samples"] = int(bound_samples)
     return loglik_to_dataset(
         lp, bpd, template, provenance=provenance, sample_dim=template.sample_dim,
         index=np.concatenate(index), cond=torch.cat(thetas) if thetas else None,
