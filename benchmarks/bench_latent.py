@@ -41,9 +41,9 @@ SPECTRUM_GOAL = 1.5
 COST_GOAL = 0.1
 
 
-def _unet(channels: int, dims: int, quick: bool) -> sd.ScoreModel:
+def _unet(channels: int, dims: int, quick: bool, base: int = 0) -> sd.ScoreModel:
     cfg = dict(base_channels=8, channel_mults=(1, 2), groups=4) if quick else \
-        dict(base_channels=32, channel_mults=(1, 2, 2), groups=8)
+        dict(base_channels=base or 32, channel_mults=(1, 2, 2), groups=8)
     net = sd.UNet(channels, dims, periodic=True, attention_levels=(), **cfg)
     return sd.ScoreModel(net, sd.VPSDE(), prediction="v")
 
@@ -74,8 +74,10 @@ def _peak(device: torch.device, fn):
 def quality(args, dims: int) -> Section:
     quick, device = args.quick, torch.device(args.device)
     size = (16 if dims == 2 else 8) if quick else (64 if dims == 2 else 32)
+    size = args.size or size
     steps = args.steps or (20 if quick else 1000)
     n_train, n_test, n_samples = (64, 32, 8) if quick else (1024, 256, 64 if dims == 2 else 16)
+    n_samples = args.samples or n_samples
     sampler = dict(method="dpmpp_2m", steps=10 if quick else 25)
     grf = GaussianRandomField(size, dims=dims, slope=3.0)
     x_train = grf.sample(n_train, seed=0)[:, None]
@@ -92,7 +94,7 @@ def quality(args, dims: int) -> Section:
     )
     # pixel space
     torch.manual_seed(0)
-    pixel = _unet(1, dims, quick).to(device)
+    pixel = _unet(1, dims, quick, args.base_channels).to(device)
     t_pix, trainer = timed(lambda: _fit(Trainer(pixel, cfg), z_train), device)
     model = trainer.ema_model.eval()
     (t_s, x_pix), mem = _peak(device, lambda: sd.sample(model.score, model.sde, (n_samples, 1, *grf.spatial_shape),
@@ -104,7 +106,7 @@ def quality(args, dims: int) -> Section:
                      "peak_sample_MiB": mem, "recon_rel_err_bands": ""})
     # latent space
     torch.manual_seed(0)
-    ae = Autoencoder(1, dims, factor=4, latent_channels=4, base_channels=8 if quick else 32,
+    ae = Autoencoder(1, dims, factor=4, latent_channels=4, base_channels=8 if quick else (args.base_channels or 32),
                      groups=4 if quick else 8).to(device)
     ae_trainer = AutoencoderTrainer(ae, cfg, loss=AutoencoderLoss(kl_weight=1e-6, spectral_weight=0.1))
     t_ae, _ = timed(lambda: ae_trainer.fit(z_train, val_data=z_test, progress=False), device)
@@ -114,7 +116,7 @@ def quality(args, dims: int) -> Section:
     with torch.no_grad():
         u = (ae.encode(z_train).mean - shift.reshape(view)) / s.reshape(view)
     torch.manual_seed(0)
-    lat = _unet(4, dims, quick).to(device)
+    lat = _unet(4, dims, quick, args.base_channels).to(device)
     t_lat, trainer = timed(lambda: _fit(Trainer(lat, cfg), u), device)
     ld = LatentDiffusion(ae, trainer.ema_model.eval(), (1, *grf.spatial_shape), latent_shift=shift, latent_scale=s)
 
@@ -202,6 +204,9 @@ def bound(args) -> Section:
 def main() -> None:
     p = script_parser(__doc__)
     p.add_argument("--steps", type=int, default=0, help="training steps of every network (default 1000; quick 20)")
+    p.add_argument("--size", type=int, default=0, help="grid side of the quality sections (default 64 in 2-D, 32 in 3-D)")
+    p.add_argument("--base-channels", type=int, default=0, help="width of the UNets and the autoencoder (default 32)")
+    p.add_argument("--samples", type=int, default=0, help="fields sampled per model (default 64 in 2-D, 16 in 3-D)")
     p.add_argument("--dims", default="2", help="which quality sections: 2, 3 or 2,3 (default 2)")
     p.add_argument("--only", default="quality,bound", help="sections: quality, bound")
     args = parse_script_args(p)
