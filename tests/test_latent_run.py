@@ -80,3 +80,23 @@ def test_loglik_reports_a_bound_below_the_exact_density(run_dir: Path, data_file
     assert float((exact - bound).mean()) > -3 * se_mean
     torch.testing.assert_close(torch.as_tensor(table["bits_per_dim"].values),
                                -bound / (SIZE * SIZE * math.log(2.0)))
+
+
+def test_a_factor_that_does_not_divide_the_grid_fails_in_one_line(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    odd = tmp_path / "odd.nc"
+    xr.Dataset({"rho": (("sample", "y", "x"), np.zeros((8, 12, 12)))}).to_netcdf(odd, engine="h5netcdf")
+    base = ["train", "--data", str(odd), "--var", "rho", "--steps", "1", "--periodic", "--no-progress"]
+    code = main([*base, "--out", str(tmp_path / "r"), "--latent", "factor=8,channels=2"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "odd.nc: spatial axis 0 has size 12, which the downsampling factor 8 does not divide" in err
+    # the latent grid 12 / 4 = 3 cannot be taken by a two-level periodic UNet: one line too
+    code = main([*base, "--out", str(tmp_path / "r"), "--latent", "factor=4,channels=2", "--channel-mults", "1,2"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "the latent grid of odd.nc" in err, err
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(ValueError, match="factor must be 1, 2, 4 or 8"):
+        runs.parse_latent("factor=3")
+    with pytest.raises(ValueError, match="is not NAME=VALUE"):
+        runs.parse_latent("size=3")
