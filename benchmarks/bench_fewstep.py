@@ -161,8 +161,10 @@ class TrainedProblem:
     def eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.model.eps(x.float(), t.float())
 
+    seed = 1  # of the prior draws x_1 (--seed)
+
     def x1(self) -> torch.Tensor:
-        return torch.randn(self.shape, generator=torch.Generator().manual_seed(1))
+        return torch.randn(self.shape, generator=torch.Generator().manual_seed(self.seed))
 
     def measure(self, z: torch.Tensor) -> dict[str, float]:
         x = self.normalizer.inverse(z.float()) if self.normalizer is not None else z.float()
@@ -412,6 +414,7 @@ def main() -> None:
     p.add_argument("--grf-size", type=int, default=16)
     p.add_argument("--no-peers", action="store_true")
     p.add_argument("--only", default="trained,grf,exact,posterior,overhead")
+    p.add_argument("--seed", type=int, default=1, help="trained model: the seed of the prior draws x_1 (default 1)")
     p.add_argument("--nfes", default=",".join(map(str, NFES)), help="the NFE columns (default 5,10,20,50)")
     p.add_argument("--keep", default=None,
                    help="trained model only: comma-separated row labels to run (e.g. 'auto / logsnr,diffusers UniPC "
@@ -424,6 +427,7 @@ def main() -> None:
         n = 64 if args.quick else args.grf_samples
         sections.append(run_problem(GRFProblem(8 if args.quick else args.grf_size, n), nfes, peers=not args.no_peers))
     if "trained" in args.only and args.run is not None:
+        TrainedProblem.seed = args.seed
         sections.append(run_problem(TrainedProblem(args.run, 32 if args.quick else args.samples), nfes,
                                     peers=not args.no_peers, keep=args.keep))
     if "exact" in args.only:
