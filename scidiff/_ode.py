@@ -235,7 +235,21 @@ class ODESolve:
         """The solution at u[-1] of dy/du = f(u, y), y(u[0]) = y0 (a tensor or tuple of tensors)."""
         from torchdiffeq import odeint
 
-        ys = odeint(f, y0, u, **self.odeint_options(u))
+        ys = odeint(f, y0, u, **self.odeint_options(u[[0, -1]]))
         if isinstance(ys, tuple):
             return tuple(y[-1] for y in ys)
         return ys[-1]
+
+    def path(self, f: Callable[[Tensor, Tensor], Tensor], y0: Tensor, u: Tensor) -> Tensor:
+        """The solution of dy/du = f(u, y), y(u[0]) = y0, at every u (monotone, float64 [n]): [n, *y0.shape].
+
+        Adaptive methods place their own steps and put y at the u by their dense output, so
+        the u cost no evaluations; fixed-grid methods keep ``steps`` steps over [u_0, u_-1] and
+        interpolate cubically between them.
+        """
+        from torchdiffeq import odeint
+
+        options = self.odeint_options(u[[0, -1]])
+        if not self.adaptive:
+            options["options"]["interp"] = "cubic"
+        return odeint(f, y0, u, **options)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from scidiff._ode import NFECounter, ODESolve, TimeVariable, TimeVariableName
+from scidiff._ode import NFECounter, ODESolve, PFODEDrift, TimeLogSNR, TimeVariable, TimeVariableName
 from scidiff._progress import progress_bar
 from scidiff.divergence import (
     DivergenceEstimator,
@@ -71,6 +71,9 @@ class LikelihoodResult:
         bits_per_dim_se: the same in bits/dim, [B].
         divergence: per sample, the estimator that gave the final value ("exact", ...).
         probes: per sample, the probes (Hutchinson) or replicates (lattice) averaged; 0 for exact.
+        quadrature_error: with ``nodes``, the estimated error of the trapezoid rule per sample,
+            nats: the change from the rule on every other node, which bounds the error where the
+            rule converges; None without ``nodes``.
     """
 
     log_prob: Tensor
@@ -83,6 +86,7 @@ class LikelihoodResult:
     bits_per_dim_se: Tensor | None = None
     divergence: list[str] | None = None
     probes: Tensor | None = None
+    quadrature_error: Tensor | None = None
 
 
 # ------------------------------------------------------- the divergence, given s and x
@@ -126,21 +130,25 @@ class _AugmentedDrift(torch.nn.Module):
         u = u.double()
         t = self.var.t_of_u(u).clamp(self.t_lo, self.t_hi)
         c = self.var.coefficient(u, t).to(x.dtype)
+        s, terms = self.terms_at(x, t)
+        return c * (x + s), c * terms
+
+    def terms_at(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """The score and the estimator's terms [S, B] at (x, t)."""
         x = x.detach()
         if self.functional:
             try:
                 s, vjp = linearize(lambda z: self.score(z, t), x, functional=True)
-                terms = self.estimator.terms(vjp, x)
+                return s, self.estimator.terms(vjp, x).detach()
             except RuntimeError as err:
                 if "functorch" not in str(err) and "torch.func" not in str(err) and "vmap" not in str(err):
                     raise
                 # a score that takes gradients itself (a guided score): autograd from now on
                 self.functional = False
-        if not self.functional:
-            s, vjp = linearize(lambda z: self.score(z, t), x, functional=False)
-            with torch.enable_grad():
-                terms = self.estimator.terms(vjp, x)
-        return c * (x + s), c * terms.detach()
+        s, vjp = linearize(lambda z: self.score(z, t), x, functional=False)
+        with torch.enable_grad():
+            terms = self.estimator.terms(vjp, x)
+        return s, terms.detach()
 
 
 @dataclass
@@ -184,6 +192,110 @@ def _solve(score: ScoreFn, sde: VPSDE, x: Tensor, estimator: DivergenceEstimator
     return _Solved(x1=x1, delta=identity_part + div_s, se=se, nfe=counter.nfe)
 
 
+@dataclass
+class _Path:
+    """The PF-ODE solved for x alone, kept at the finest quadrature nodes."""
+
+    xs: Tensor       # [n + 1, B, *event], x at the nodes, from t_min to 1
+    t: Tensor        # [n + 1] float64, the nodes' times
+    c: Tensor        # [n + 1] float64, c(lambda) = sigma^2 / 2 at the nodes, dx/dlambda = c (x + s)
+    h: float         # the finest node spacing in lambda (negative: lambda falls from t_min to 1)
+    nfe: int
+    stride: int = 1  # the stride of the nodes the first pass settled on (target_se reuses it)
+
+
+def _trajectory(score: ScoreFn, sde: VPSDE, x: Tensor, solve: ODESolve, t_min: float, intervals: int,
+                progress: bool) -> _Path:
+    r"""x(t) at ``intervals`` + 1 times equally spaced in log-SNR from t_min to 1, by one solve of x alone.
+
+    Along the path the divergence part of log p is an integral in the log-SNR lambda,
+    integral c(u) div s du = integral sigma^2(lambda) div s dlambda / 2, whose integrand is
+    analytic in lambda and, for an exact Gaussian score, a sum of logistic steps of unit width
+    in lambda (one per eigenvalue), flat at both ends.  The trapezoid rule converges
+    geometrically for such integrands, so a few nodes give it to solver accuracy, and the
+    solve of x alone costs only network forwards (dense output puts x at the nodes at no
+    extra evaluations).
+    """
+    counter = NFECounter(score)
+    var = solve.variable(sde.schedule)
+    quad = TimeLogSNR(sde.schedule)
+    ends = torch.tensor([t_min, 1.0], dtype=torch.float64, device=x.device)
+    lam = torch.linspace(float(quad.u_of_t(ends[:1])), float(quad.u_of_t(ends[1:])), intervals + 1,
+                         dtype=torch.float64, device=x.device)
+    t = quad.t_of_u(lam).clamp(t_min, 1.0)
+    t[0], t[-1] = t_min, 1.0
+    bar = progress_bar(None, "log-likelihood (path, NFE)", enabled=progress, unit="NFE", leave=False)
+    inner = counter.score
+
+    def with_bar(x_: Tensor, t_: Tensor) -> Tensor:
+        bar.update()
+        return inner(x_, t_)
+
+    counter.score = with_bar
+    with torch.inference_mode(False), torch.no_grad():
+        try:
+            xs = solve.path(PFODEDrift(counter, var, t_min, 1.0), x.detach().clone(), var.u_of_t(t))
+        finally:
+            bar.close()
+    return _Path(xs=xs, t=t, c=quad.coefficient(lam, t), h=float(lam[1] - lam[0]), nfe=counter.nfe)
+
+
+def _on_path(score: ScoreFn, sde: VPSDE, path: _Path, rows: Tensor | None, estimator: DivergenceEstimator,
+             generator: torch.Generator | None, progress: bool, desc: str, *, stride: int,
+             tol_nats: float | None = None) -> tuple[Tensor, Tensor, Tensor, int]:
+    """The divergence integral by the trapezoid rule on every ``stride``-th node of the path.
+
+    With ``tol_nats`` the stride is halved (the rule refined on the midpoints, for the whole
+    batch) while some field's estimated quadrature error exceeds it.  The estimate is
+    |Q_s - Q_2s|, the change from the rule on every other node: where the rule converges
+    geometrically it exceeds the error of Q_s by the convergence factor (measured 10-100 per
+    halving on Gaussian random fields and mixtures, ``docs/likelihood.md``).
+
+    Returns (delta log p [B], its standard error [B], the quadrature's error estimate [B], NFE)
+    and sets ``path.stride`` to the stride used.
+    """
+    xs = path.xs if rows is None else path.xs[:, rows]
+    x0 = xs[0]
+    n = xs.shape[0] - 1
+    counter = NFECounter(score)
+    estimator.prepare(x0, generator)
+    functional = x0.is_cuda and _functional_ok(score)
+    at = _AugmentedDrift(counter, TimeLogSNR(sde.schedule), float(path.t[0]), 1.0, estimator, functional)
+    terms: dict[int, Tensor] = {}
+    bar = progress_bar(None, desc, enabled=progress, unit="node", leave=False)
+
+    def rule(step: int) -> tuple[Tensor, Tensor]:
+        gamma = torch.zeros_like(next(iter(terms.values())))
+        for j in range(0, n + 1, step):
+            w = path.h * step * float(path.c[j]) * (0.5 if j in (0, n) else 1.0)
+            gamma += w * terms[j]
+        return estimator.combine(gamma)
+
+    def known_error(step: int) -> Tensor:
+        return (rule(step)[0] - rule(2 * step)[0]).abs()
+
+    with torch.inference_mode(False), torch.no_grad():
+        try:
+            while True:
+                for j in range(0, n + 1, stride):
+                    if j not in terms:
+                        terms[j] = at.terms_at(xs[j], path.t[j])[1]
+                        bar.update()
+                levels_ok = n % (2 * stride) == 0
+                err = known_error(stride) if levels_ok else torch.full((x0.shape[0],), float("nan"), dtype=x0.dtype,
+                                                                       device=x0.device)
+                if tol_nats is None or stride == 1 or not levels_ok or bool((err <= tol_nats).all()):
+                    break
+                stride //= 2
+        finally:
+            bar.close()
+    path.stride = stride
+    div_s, se = rule(stride)
+    log_alpha = sde.schedule.log_alpha(torch.tensor([float(path.t[0]), 1.0], dtype=torch.float64))
+    identity_part = x0[0].numel() * float(log_alpha[1] - log_alpha[0])
+    return identity_part + div_s, se, err, counter.nfe
+
+
 def _functional_ok(score: ScoreFn) -> bool:
     """Whether the score can go through ``torch.func``: not one that takes gradients itself
     (guided scores say so with ``takes_gradients``; any other such score is caught at its first
@@ -210,6 +322,9 @@ def log_likelihood(
     chunk_size: int | None = None,
     target_se: float | None = None,
     max_probes: int = 64,
+    nodes: int | None = None,
+    max_nodes: int | None = None,
+    quadrature_tol: float = 1e-3,
     prior_log_prob: Callable[[Tensor], Tensor] | None = None,
     log_abs_det_jacobian: Tensor | float | None = None,
     generator: torch.Generator | None = None,
@@ -237,6 +352,20 @@ def log_likelihood(
             again with more probes (their estimates pooled), up to ``max_probes`` per field, or
             with the exact trace where that costs fewer products.
         max_probes: the most probes (replicates) a field gets under ``target_se``.
+        nodes: None: the divergence is integrated with x by the ODE solver, at every evaluation.
+            An even integer n: x is solved alone (network forwards only) and the
+            divergence integral is the trapezoid rule on n + 1 nodes equally spaced in log-SNR
+            along that path, refined on the midpoints up to ``max_nodes`` intervals while a
+            field's estimated quadrature error exceeds ``quadrature_tol``.  The divergence then
+            costs n + 1 evaluations (or the refined count) whatever the solver needs; the
+            result's ``quadrature_error`` is the estimate (see ``docs/likelihood.md``).
+        max_nodes: the most intervals the rule is refined to (default 4 ``nodes``; ``nodes``
+            times a power of 2).  The path is kept at these nodes: (max_nodes + 1) fields' worth
+            of memory per field.
+        quadrature_tol: the estimated quadrature error per field, in bits/dim, below which the
+            rule is not refined (with ``nodes``).  The solve of x alone is controlled by
+            ``rtol``/``atol`` as usual; it needs them tighter than the joint solve (1e-4 where the
+            joint solve takes 1e-3) since the divergence no longer shortens its steps.
         prior_log_prob: log p_1(x_1) per sample (default ``sde.prior_log_prob``, N(0, I)).
         log_abs_det_jacobian: log|det dz/dx| per sample [B] (or a scalar), added to the result,
             when the model sees z = T(x) and you want log p(x) in x's units.
@@ -269,18 +398,47 @@ def log_likelihood(
     d = x[0].numel()
     nats_per_bpd = d * math.log(2.0)
 
+    if nodes is not None:
+        if not isinstance(nodes, int) or isinstance(nodes, bool) or nodes < 2 or nodes % 2:
+            raise ValueError(f"nodes must be an even number >= 2 (trapezoid intervals in log-SNR), got {nodes!r}")
+        if not (isinstance(quadrature_tol, (int, float)) and math.isfinite(quadrature_tol) and quadrature_tol > 0):
+            raise ValueError(f"quadrature_tol must be a positive number of bits/dim, got {quadrature_tol!r}")
+        max_nodes = 4 * nodes if max_nodes is None else max_nodes
+        ratio = max_nodes // nodes if isinstance(max_nodes, int) and not isinstance(max_nodes, bool) else 0
+        if ratio < 1 or ratio * nodes != max_nodes or ratio & (ratio - 1):
+            raise ValueError(f"max_nodes must be nodes ({nodes}) times a power of 2, got {max_nodes!r}")
+
     if target_se is not None and isinstance(estimator, Hutchinson) and estimator.probes < 4:
         estimator = _with_probes(estimator, 4)  # a standard error needs a few probes to start from
-    first = _solve(score, sde, x, estimator, solve, t_min, generator, progress,
-                   f"log-likelihood ({estimator.name}, NFE)")
-    x1, delta, se, nfe = first.x1, first.delta, first.se, first.nfe
+    quad_err = None
+    if nodes is None:
+        def solve_rows(rows: Tensor | None, est: DivergenceEstimator, gen: torch.Generator | None,
+                       desc: str) -> tuple[Tensor, Tensor, int]:
+            res = _solve(score, sde, x if rows is None else x[rows], est, solve, t_min, gen, progress, desc)
+            return res.delta, res.se, res.nfe
+
+        first = _solve(score, sde, x, estimator, solve, t_min, generator, progress,
+                       f"log-likelihood ({estimator.name}, NFE)")
+        x1, delta, se, nfe = first.x1, first.delta, first.se, first.nfe
+    else:
+        path = _trajectory(score, sde, x, solve, t_min, max_nodes, progress)
+
+        def solve_rows(rows: Tensor | None, est: DivergenceEstimator, gen: torch.Generator | None,
+                       desc: str) -> tuple[Tensor, Tensor, int]:
+            # more probes on the nodes the first pass settled on
+            delta_, se_, _, nfe_ = _on_path(score, sde, path, rows, est, gen, progress, desc, stride=path.stride)
+            return delta_, se_, nfe_
+
+        x1 = path.xs[-1]
+        delta, se, quad_err, nfe = _on_path(score, sde, path, None, estimator, generator, progress,
+                                            f"log-likelihood ({estimator.name}, nodes)", stride=max_nodes // nodes,
+                                            tol_nats=quadrature_tol * nats_per_bpd)
+        nfe += path.nfe
     used = torch.full((bsz,), _probes_of(estimator), dtype=torch.long)
     names = [estimator.name] * bsz
     if target_se is not None and not isinstance(estimator, Exact):
-        delta, se, used, names, extra_nfe = _refine(
-            score, sde, x, estimator, solve, t_min, generator, progress, delta, se, used, names,
-            target_se * nats_per_bpd, max_probes,
-        )
+        delta, se, used, names, extra_nfe = _refine(solve_rows, x, estimator, generator, delta, se, used, names,
+                                                    target_se * nats_per_bpd, max_probes)
         nfe += extra_nfe
 
     prior = sde.prior_log_prob(x1) if prior_log_prob is None else prior_log_prob(x1)
@@ -290,7 +448,7 @@ def log_likelihood(
     return LikelihoodResult(
         log_prob=log_prob, bits_per_dim=-log_prob / nats_per_bpd, nfe=nfe, prior_log_prob=prior,
         delta_log_p=delta, x1=x1, log_prob_se=se, bits_per_dim_se=se / nats_per_bpd, divergence=names,
-        probes=used,
+        probes=used, quadrature_error=quad_err,
     )
 
 
@@ -310,8 +468,7 @@ def _with_probes(estimator: DivergenceEstimator, k: int) -> DivergenceEstimator:
     raise ValueError(f"target_se needs a Hutchinson or lattice estimator, got {type(estimator).__name__}")
 
 
-def _refine(score, sde, x, estimator, solve, t_min, generator, progress, delta, se, used, names,
-            target_nats: float, max_probes: int):
+def _refine(solve_rows, x, estimator, generator, delta, se, used, names, target_nats: float, max_probes: int):
     """Solve again, with more probes, the fields whose standard error exceeds the target.
 
     Independent estimates of one field are pooled by their probe counts n_a:
@@ -334,10 +491,9 @@ def _refine(score, sde, x, estimator, solve, t_min, generator, progress, delta, 
         more_rows = todo & ~exact_rows & (used < max_probes)
         if bool(exact_rows.any()):
             idx = exact_rows.nonzero().flatten()
-            res = _solve(score, sde, x[idx], Exact(chunk_size=estimator.chunk_size), solve, t_min, None,
-                         progress, "log-likelihood (exact, NFE)")
-            nfe += res.nfe
-            delta[idx], se[idx] = res.delta, res.se
+            d_, s_, n_ = solve_rows(idx, Exact(chunk_size=estimator.chunk_size), None, "log-likelihood (exact)")
+            nfe += n_
+            delta[idx], se[idx] = d_, s_
             used[idx] = 0
             for i in idx.tolist():
                 names[i] = "exact"
@@ -346,12 +502,12 @@ def _refine(score, sde, x, estimator, solve, t_min, generator, progress, delta, 
         idx = more_rows.nonzero().flatten()
         extra = int((need[idx].clamp(max=max_probes) - used[idx].double()).clamp(min=1).max())
         extra = min(extra, max_probes - int(used[idx].min()))
-        res = _solve(score, sde, x[idx], _with_probes(estimator, extra), solve, t_min, generator, progress,
-                     f"log-likelihood ({estimator.name}, +{extra} probes, NFE)")
-        nfe += res.nfe
+        d_, s_, n_ = solve_rows(idx, _with_probes(estimator, extra), generator,
+                                f"log-likelihood ({estimator.name}, +{extra} probes)")
+        nfe += n_
         n_old = used[idx].to(delta.dtype)
         n_tot = n_old + extra
-        delta[idx] = (n_old * delta[idx] + extra * res.delta) / n_tot
-        se[idx] = ((n_old * se[idx]) ** 2 + (extra * res.se) ** 2).sqrt() / n_tot
+        delta[idx] = (n_old * delta[idx] + extra * d_) / n_tot
+        se[idx] = ((n_old * se[idx]) ** 2 + (extra * s_) ** 2).sqrt() / n_tot
         used[idx] = used[idx] + extra
     return delta, se, used, names, nfe

@@ -357,3 +357,84 @@ def test_guided_scores_fall_back_to_autograd():
     x = gm.sample(8, generator=torch.Generator().manual_seed(0))
     res = sd.log_likelihood(score, sde, x, rtol=1e-6, atol=1e-6)
     assert float((res.log_prob - gm.log_prob(x)).abs().mean()) < 0.02
+
+
+# ------------------------------------------------- the divergence by quadrature on the path
+def test_quadrature_on_the_path_matches_the_closed_form_density(grf_exact):
+    """x solved alone, the divergence by the trapezoid rule in log-SNR: the GRF's density to
+    solver accuracy with 16 intervals, and the reported quadrature error bounds the true one."""
+    grf, sde, score, x, p1, exact = grf_exact
+    truth = grf.log_prob(x)
+    kw = dict(prior_log_prob=p1, rtol=1e-7, atol=1e-7)
+    res = sd.log_likelihood(score, sde, x, nodes=16, max_nodes=16, **kw)
+    assert float((res.log_prob - truth).abs().max()) < 5e-3
+    assert float(res.log_prob_se.abs().max()) == 0.0
+    # the estimate of the rule's error (the change from 8 intervals) is not below the true one
+    # by more than the solver's error
+    assert bool(((res.log_prob - truth).abs() <= res.quadrature_error + 2e-3).all())
+    # a coarse rule is visibly wrong: the nodes are the rule's
+    coarse = sd.log_likelihood(score, sde, x, nodes=4, max_nodes=4, **kw)
+    assert float((coarse.log_prob - truth).abs().max()) > 0.05
+    # the path costs forwards only: 17 node evaluations against 5, on one solve of x
+    assert res.nfe - coarse.nfe == 16 - 4
+    # refined from 4 intervals until the estimated error is below quadrature_tol
+    adaptive = sd.log_likelihood(score, sde, x, nodes=4, max_nodes=64, quadrature_tol=1e-5, **kw)
+    assert float((adaptive.log_prob - truth).abs().max()) < 5e-3
+    assert adaptive.nfe > coarse.nfe
+
+
+def test_quadrature_refines_to_the_tolerance_on_the_mixture():
+    """A non-Gaussian density, whose log-det changes faster in log-SNR: 16 intervals are not
+    enough at this tolerance, the refinement is, and the error estimate holds once converging."""
+    sde = sd.VPSDE()
+    gm = _mixture(sde)
+    x = gm.sample(100, generator=torch.Generator().manual_seed(3))
+    p1 = lambda z: gm.log_prob(z, 1.0)  # noqa: E731
+    kw = dict(prior_log_prob=p1, rtol=1e-6, atol=1e-6)
+    fixed = sd.log_likelihood(gm, sde, x, nodes=16, max_nodes=16, **kw)
+    assert float((fixed.log_prob - gm.log_prob(x)).abs().max()) > 1e-2
+    # once the rule converges, the change from half the nodes bounds its error
+    finer = sd.log_likelihood(gm, sde, x, nodes=32, max_nodes=32, **kw)
+    err = (finer.log_prob - gm.log_prob(x)).abs()
+    assert bool((err <= finer.quadrature_error + 1e-4).all())
+    res = sd.log_likelihood(gm, sde, x, nodes=16, max_nodes=256, quadrature_tol=1e-5, **kw)
+    assert float((res.log_prob - gm.log_prob(x)).abs().max()) < 1e-3
+    assert res.nfe > fixed.nfe
+
+
+def test_quadrature_standard_errors_and_target_se(grf_exact):
+    """Lattice probes on the path: unbiased within the SE, calibrated, and target_se met by
+    reusing the path (the refinement costs node evaluations only)."""
+    from scipy import stats
+
+    _, sde, score, x, p1, exact = grf_exact
+    res = sd.log_likelihood(score, sde, x, prior_log_prob=p1, rtol=1e-7, atol=1e-7, divergence="lattice",
+                            spacing=2, probes=2, nodes=16, generator=torch.Generator().manual_seed(8))
+    err = res.log_prob - exact.log_prob
+    n = x.shape[0]
+    expected = 2 * stats.t.cdf(2.0, 4 * 2 - 2) - 1
+    cover = float((err.abs() <= 2 * res.log_prob_se).double().mean())
+    assert cover >= expected - 3 * math.sqrt(expected * (1 - expected) / n), (cover, expected)
+    assert abs(float(err.mean())) < 4 * float(err.std()) / math.sqrt(n)
+    ref = sd.log_likelihood(score, sde, x[:16], prior_log_prob=p1, rtol=1e-7, atol=1e-7, divergence="lattice",
+                            spacing=2, nodes=16, max_nodes=16, generator=torch.Generator().manual_seed(9))
+    tgt = sd.log_likelihood(score, sde, x[:16], prior_log_prob=p1, rtol=1e-7, atol=1e-7, divergence="lattice",
+                            spacing=2, nodes=16, max_nodes=16, target_se=0.004,
+                            generator=torch.Generator().manual_seed(9))
+    assert float(tgt.bits_per_dim_se.max()) <= 0.004
+    assert (tgt.nfe - ref.nfe) % 17 == 0 and tgt.nfe > ref.nfe
+
+
+def test_bad_nodes_are_named():
+    sde = sd.VPSDE()
+    gm = _mixture(sde)
+    x = gm.sample(2, generator=torch.Generator().manual_seed(0))
+    for bad in (0, 3, 7, -4, 8.0, True):
+        with pytest.raises(ValueError, match="nodes"):
+            sd.log_likelihood(gm, sde, x, nodes=bad)
+    for bad in (12, 4, 24, 16.0):
+        with pytest.raises(ValueError, match="max_nodes"):
+            sd.log_likelihood(gm, sde, x, nodes=8, max_nodes=bad)
+    for bad in (0.0, -1e-3, float("nan")):
+        with pytest.raises(ValueError, match="quadrature_tol"):
+            sd.log_likelihood(gm, sde, x, nodes=8, quadrature_tol=bad)
