@@ -17,7 +17,7 @@ rise past the plateau, the more so the higher its degree.  So this sampler takes
 
 The thresholds (h_small = 0.55, h_large = 1.75) are measured, not derived: in docs/samplers.md,
 each member on the demo's trained model and on the closed-form k^-3 field, the default grid
-(uniform in log-SNR, t_min = 1e-3: h = 9.57 / (steps - 1) for the linear VP) gives the exact
+(uniform in log-SNR, t_min = 1e-3: h = 9.58 / (steps - 1) for the linear VP) gives the exact
 variant up to 6 steps, 2M from 7 to 18 and UniPC-3 from 19.  On a grid with steps of unequal
 size each step chooses for itself.  NFE = steps; the order of convergence is UniPC-3's.
 Shapes: x and every x0-hat are [B, *event].
