@@ -82,7 +82,7 @@ def test_sampler_reproduces_mixture(method, options):
 def test_samplers_on_cosine_schedule():
     sde = sd.VPSDE.cosine()
     gm = _mixture(sde)
-    for method, options in [("ode", {}), ("ancestral", {"steps": 300})]:
+    for method, options in [("ode", {}), ("ancestral", {"steps": 300}), ("auto", {"steps": 20})]:
         x = sd.sample(gm, sde, (N, 2), method, generator=torch.Generator().manual_seed(1), dtype=torch.float64,
                       progress=False, **options)
         _check_against_mixture(x, gm)
