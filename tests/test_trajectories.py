@@ -204,6 +204,33 @@ def test_mmps_with_the_exact_score_is_the_exact_posterior_score() -> None:
         assert torch.allclose(guided(x, tt).flatten(1), exact, atol=1e-6 * exact.abs().max()), t
 
 
+def test_conjugate_gradient_floor_is_inert_for_a_covariance_and_bounds_an_indefinite_one() -> None:
+    """CG with the curvature floor D: M = D + B B^T is solved exactly as without it; along a direction
+    where M is (nearly) singular plain CG's step is huge, the floored one stays within |b| / min D."""
+    from scidiff.guidance.mmps import conjugate_gradient
+
+    g = torch.Generator().manual_seed(0)
+    n = 6
+    d = 0.05 + torch.rand(n, dtype=F64, generator=g)
+    b_mat = torch.randn(n, 3, dtype=F64, generator=g)
+    m = torch.diag(d) + b_mat @ b_mat.T
+    b = torch.randn(2, n, dtype=F64, generator=g)
+    exact = torch.linalg.solve(m, b.T).T
+    for floor in (None, d[None]):
+        u = conjugate_gradient(lambda v: v @ m, b, n, floor=floor)
+        assert torch.allclose(u, exact, atol=1e-9 * exact.abs().max())
+    # an indefinite "Sigma_y" (a learned V may be): M v = 1e-12 v along v
+    v = torch.randn(n, dtype=F64, generator=g)
+    v = v / v.norm()
+    m_bad = torch.diag(d) - (v @ torch.diag(d) @ v - 1e-12) * torch.outer(v, v)
+    assert float(v @ m_bad @ v) == pytest.approx(1e-12, abs=1e-14)
+    rhs = v[None]
+    plain = conjugate_gradient(lambda x: x @ m_bad, rhs, 1)
+    floored = conjugate_gradient(lambda x: x @ m_bad, rhs, 1, floor=d[None])
+    assert float(plain.norm()) > 1e9
+    assert float(floored.norm()) <= 1.0 / float(d.min()) * (1 + 1e-12)
+
+
 def test_dps_takes_the_trajectory_operator() -> None:
     """DPS over a StateObservation equals DPS over the same operator written as one matrix."""
     p, obs, y, _, _ = _assimilation_problem()

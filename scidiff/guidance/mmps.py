@@ -20,6 +20,13 @@ Rauch-Tung-Striebel smoother of a linear-Gaussian trajectory.
 
 Cost per evaluation: one score forward with graph, ``cg_steps + 1`` backward passes.
 
+What it needs of a trained model: an accurate x0-hat at *every* noise level.  For a network
+predicting eps, x0-hat = (x_t - sigma_t eps-hat) / alpha_t multiplies its error by
+sigma_t / alpha_t (150 at t = 1 for the linear VP-SDE with beta 0.1..20), and V by the square:
+an eps error of 0.3 % already makes V indefinite and members blow up
+(``benchmarks/bench_trajectories.py --sections parameterisation``).  Train with
+``prediction="v"`` (x0-hat = alpha_t x_t - sigma_t v-hat) or ``"x0"``.
+
 Reference: F. Rozet, G. Andry, F. Lanusse & G. Louppe, "Learning diffusion priors from
 observations by expectation maximization", NeurIPS 2024 (MMPS); the covariance
 approximation goes back to Boys et al. (2023) and Finzi et al. (2023).
@@ -39,9 +46,15 @@ from scidiff.sde import VPSDE
 __all__ = ["MMPSGuidance", "conjugate_gradient"]
 
 
-def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, steps: int) -> Tensor:
+def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, steps: int, *,
+                       floor: Tensor | None = None) -> Tensor:
     """``steps`` iterations of batched CG for ``M u = b`` (b [B, N], M SPD per sample), from u = 0.
 
+    ``floor`` (broadcastable to [B, N]): a diagonal ``D`` known to satisfy ``M >= D`` (for MMPS,
+    the noise variances: ``Sigma_y = sigma_y^2 I + A V A^T`` with V a covariance).  The curvature
+    of each search direction is taken as ``max(p^T M p, p^T D p)``, which changes nothing while M
+    honours the bound and keeps every step finite when it does not (an indefinite V from a
+    learned score's Jacobian), so that ``|u|`` stays of the order of ``|D^{-1} b|``.
     Fixed iteration count and no host syncs; a converged sample (zero residual) stays put.
     """
     u = torch.zeros_like(b)
@@ -52,6 +65,8 @@ def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, steps: int
     for _ in range(steps):
         mp = matvec(p)
         pmp = (p * mp).sum(1, keepdim=True)
+        if floor is not None:
+            pmp = torch.maximum(pmp, (p * p * floor).sum(1, keepdim=True))
         a = torch.where(pmp > tiny, rs / pmp.clamp_min(tiny), torch.zeros_like(pmp))
         u = u + a * p
         res = res - a * mp
@@ -73,12 +88,16 @@ class MMPSGuidance(GuidedScore):
         noise_std: sigma_y > 0, a number or a tensor broadcastable to [*obs].
         scale: guidance weight (1: Bayes' rule).
         cg_steps: conjugate-gradient iterations for Sigma_y^{-1} r (exact after M for M observations).
+        safeguard: bound the CG curvature below by the noise variance (``Sigma_y >= sigma_y^2 I``
+            holds for any covariance V; see :func:`conjugate_gradient`).  Inactive for an exact
+            score; for a learned one it stops the rare member whose V is indefinite from being
+            thrown far out.
 
     Call: ``guided(x, t)``, returns a tensor like x with no graph.
     """
 
     def __init__(self, score: ScoreFn, sde: VPSDE, operator: Callable[[Tensor], Tensor], y: Tensor,
-                 noise_std: float | Tensor, scale: float = 1.0, *, cg_steps: int = 3) -> None:
+                 noise_std: float | Tensor, scale: float = 1.0, *, cg_steps: int = 3, safeguard: bool = True) -> None:
         super().__init__(score, sde, scale=scale)
         if not callable(operator):
             raise TypeError(f"operator must be callable, got {type(operator).__name__}")
@@ -99,6 +118,7 @@ class MMPSGuidance(GuidedScore):
             self.y = y.detach().clone()
             self.noise_std = std.detach().clone()
         self.cg_steps = cg_steps
+        self.safeguard = bool(safeguard)
 
     def _y_like(self, a_x: Tensor) -> Tensor:
         obs = tuple(a_x.shape[1:])
@@ -142,11 +162,12 @@ class MMPSGuidance(GuidedScore):
                 cov_v = ratio * jac_t(adjoint(v))
                 return (var * v + self.operator(cov_v).detach()).flatten(1)
 
-            u = conjugate_gradient(matvec, r.flatten(1), self.cg_steps).reshape(r.shape)
+            floor = torch.broadcast_to(var, r.shape).flatten(1) if self.safeguard else None
+            u = conjugate_gradient(matvec, r.flatten(1), self.cg_steps, floor=floor).reshape(r.shape)
             grad = jac_t(adjoint(u))
             log_p = -0.5 * (r * u).flatten(1).sum(1)
         return s.detach(), grad.detach(), log_p.detach()
 
     def __repr__(self) -> str:
         return (f"MMPSGuidance(operator={self.operator!r}, y of shape {list(self.y.shape)}, "
-                f"scale={self.scale}, cg_steps={self.cg_steps})")
+                f"scale={self.scale}, cg_steps={self.cg_steps}, safeguard={self.safeguard})")
