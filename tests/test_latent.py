@@ -178,33 +178,37 @@ class _LinearGaussian(nn.Module):
     def decoder_log_prob(self, x: Tensor, x_hat: Tensor) -> Tensor:
         return -0.5 * ((x - x_hat).square() / self.s2 + math.log(self.s2) + _LOG_2PI).flatten(1).sum(1)
 
-    def latent_score(self, u: Tensor, t: Tensor, sde: sd.VPSDE) -> Tensor:
+    def latent_score(self, u: Tensor, t: Tensor, sde: sd.VPSDE, cond: Tensor | None = None) -> Tensor:
+        """The score of N(0, c lam) at time t, c = cond[:, 0] (1 without cond)."""
         a, s = sde.alpha(t).to(u)[:, None, None], sde.sigma(t).to(u)[:, None, None]
-        return -u / (a**2 * self.lam + s**2)
+        c = 1.0 if cond is None else cond[:, :1, None]
+        return -u / (a**2 * c * self.lam + s**2)
 
-    def prior_log_prob(self, u: Tensor, sde: sd.VPSDE) -> Tensor:
-        """log N(u; 0, alpha_1^2 lam + sigma_1^2): the latent marginal at t = 1 (not exactly N(0, I))."""
+    def prior_log_prob(self, u: Tensor, sde: sd.VPSDE, c: float = 1.0) -> Tensor:
+        """log N(u; 0, alpha_1^2 c lam + sigma_1^2): the latent marginal at t = 1 (not exactly N(0, I))."""
         one = torch.ones((), dtype=torch.float64)
-        var = sde.alpha(one) ** 2 * self.lam + sde.sigma(one) ** 2
+        var = sde.alpha(one) ** 2 * c * self.lam + sde.sigma(one) ** 2
         return -0.5 * (u.square() / var + var.log() + _LOG_2PI).flatten(1).sum(1)
 
     def exact_log_prob(self, x: Tensor) -> Tensor:
         cov = self.W @ torch.diag(self.lam) @ self.W.T + self.s2 * torch.eye(8, dtype=torch.float64)
         return torch.distributions.MultivariateNormal(torch.zeros(8, dtype=torch.float64), cov).log_prob(x.flatten(1))
 
-    def closed_form_bound(self, x: Tensor) -> Tensor:
+    def closed_form_bound(self, x: Tensor, c: float = 1.0) -> Tensor:
+        """E_q[log p(x | z)] - KL(q || N(0, c lam)) in closed form."""
+        lam = c * self.lam
         q = self.encode(x)
         m, v = q.mean.flatten(1), q.log_var.exp().flatten(1)
         rec = -0.5 * ((x.flatten(1) - m @ self.W.T).square().sum(1) / self.s2 + (self.w**2 * v).sum(1) / self.s2
                       + 8 * (math.log(self.s2) + _LOG_2PI))
-        kl = 0.5 * (v / self.lam + m**2 / self.lam - 1.0 - (v / self.lam).log()).sum(1)
+        kl = 0.5 * (v / lam + m**2 / lam - 1.0 - (v / lam).log()).sum(1)
         return rec - kl
 
 
 def _linear_model(**kw) -> tuple[_LinearGaussian, LatentDiffusion]:
     ae = _LinearGaussian(**kw)
     sde = sd.VPSDE()
-    ld = LatentDiffusion(ae, lambda u, t: ae.latent_score(u, t, sde), (1, 8), sde=sde)
+    ld = LatentDiffusion(ae, lambda u, t, cond=None: ae.latent_score(u, t, sde, cond), (1, 8), sde=sde)
     return ae, ld
 
 
@@ -237,6 +241,21 @@ def test_bound_matches_its_closed_form_and_stays_below_log_p():
     assert bool(((res.log_prob - closed).abs() < 4 * res.log_prob_se).all()), (res.log_prob, closed, res.log_prob_se)
     assert bool((closed < ae.exact_log_prob(x)).all())
     torch.testing.assert_close(res.reconstruction - res.kl, res.log_prob)
+
+
+def test_conditional_bound_uses_the_conditioned_latent_prior():
+    """cond = c per field makes p(z) = N(0, c lam): the bound matches its closed form for that prior within 4 SE."""
+    ae, ld = _linear_model()
+    x = _linear_data(ae, 4, 5)
+    c = 2.5
+    res = ld.log_likelihood_bound(x, samples=256, cond=torch.full((4, 1), c, dtype=torch.float64),
+                                  generator=torch.Generator().manual_seed(6), rtol=1e-6, atol=1e-6,
+                                  prior_log_prob=lambda u: ae.prior_log_prob(u, ld.sde, c))
+    closed = ae.closed_form_bound(x, c)
+    assert bool(((res.log_prob - closed).abs() < 4 * res.log_prob_se).all()), (res.log_prob, closed, res.log_prob_se)
+    assert bool(((closed - ae.closed_form_bound(x)).abs() > 10 * res.log_prob_se).any())  # cond changes the bound
+    with pytest.raises(ValueError, match=r"cond must be a tensor \[B, P\]"):
+        ld.log_likelihood_bound(x, cond=torch.ones(3, 1, dtype=torch.float64))
 
 
 def test_bound_in_data_units_adds_the_log_jacobian():

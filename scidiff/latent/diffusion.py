@@ -177,16 +177,18 @@ class LatentDiffusion(nn.Module):
         return (x, u) if return_latent else x
 
     def posterior_sample(self, operator: Callable[[Tensor], Tensor], y: Tensor, noise_std: float | Tensor, n: int,
-                         method: str = "euler_maruyama", *, scale: float = 1.0, inflation: float | None = None,
+                         method: str = "euler_maruyama", *, cond: Tensor | None = None, scale: float = 1.0,
+                         inflation: float | None = None,
                          generator: torch.Generator | None = None, progress: bool = True,
                          return_latent: bool = False, **options: Any) -> Tensor | tuple[Tensor, Tensor]:
         """``n`` fields drawn from p(x | y) for y = A(x) + N(0, noise_std^2), A acting on decoded fields.
 
         DPS guidance (:class:`~scidiff.guidance.DPSGuidance`) on u with the operator
-        u -> A(D(m + s u)); ``scale`` and ``inflation`` as there.  Returns [n, C, *N].
+        u -> A(D(m + s u)); ``scale`` and ``inflation`` as there; ``cond`` [n, P] conditions the
+        latent model.  Returns [n, C, *N].
         """
         device, dtype = self._device_dtype(None, y.dtype)
-        guided = DPSGuidance(self._score, self.sde, lambda u: operator(self.decode(u)), y, noise_std,
+        guided = DPSGuidance(self._score_fn(cond), self.sde, lambda u: operator(self.decode(u)), y, noise_std,
                              scale=scale, inflation=inflation)
         u = _sample(guided, self.sde, (n, *self.latent_shape), method, generator=generator, device=device,
                     dtype=dtype, progress=progress, **options)
@@ -203,7 +205,8 @@ class LatentDiffusion(nn.Module):
         return torch.device(device), dtype
 
     # ---- the bound ---------------------------------------------------------------------------------
-    def log_likelihood_bound(self, x: Tensor, *, samples: int = 4, generator: torch.Generator | None = None,
+    def log_likelihood_bound(self, x: Tensor, *, samples: int = 4, cond: Tensor | None = None,
+                             generator: torch.Generator | None = None,
                              log_abs_det_jacobian: Tensor | float | None = None, progress: bool = False,
                              **likelihood_options: Any) -> LatentBound:
         """The evidence lower bound L(x) <= log p(x) of fields x [B, C, *N], in nats (module docstring).
@@ -211,6 +214,8 @@ class LatentDiffusion(nn.Module):
         Args:
             x: the fields, in the units the autoencoder was trained on (normalised).
             samples: K draws z ~ q(z | x) per field (K >= 2 gives a standard error over draws).
+            cond: the latent model's conditioning per field [B, P] (the encoder and decoder are
+                unconditional), for a bound on log p(x | cond).
             generator: for the draws (and the divergence probes).
             log_abs_det_jacobian: log|dx/dx_data| per field [B] or a number, added to the bound,
                 when x = T(x_data) and the bound is wanted in the data's own units.
@@ -234,7 +239,11 @@ class LatentDiffusion(nn.Module):
             x_rep = x.repeat(k, *([1] * (x.ndim - 1)))
             log_px_z = self.autoencoder.decoder_log_prob(x_rep, self.autoencoder.decode(z))
         u = self.to_u(z)
-        res = log_likelihood(self._score, self.sde, u, generator=generator, progress=progress, **likelihood_options)
+        if cond is not None and (not isinstance(cond, Tensor) or cond.ndim != 2 or cond.shape[0] != bsz):
+            raise ValueError(f"cond must be a tensor [B, P] with B = {bsz} (one row per field); got "
+                             f"{tuple(cond.shape) if isinstance(cond, Tensor) else type(cond).__name__}")
+        score = self._score_fn(None if cond is None else cond.repeat(k, 1))
+        res = log_likelihood(score, self.sde, u, generator=generator, progress=progress, **likelihood_options)
         log_pz = res.log_prob.detach()
         f = (log_px_z + log_pz - log_q).reshape(k, bsz).double()
         jac = 0.0 if log_abs_det_jacobian is None else torch.as_tensor(log_abs_det_jacobian, dtype=torch.float64,
