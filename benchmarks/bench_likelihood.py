@@ -216,7 +216,8 @@ def run_trace(*, quick: bool = False, device: torch.device | str = "cpu", sizes:
         title=f"divergence cost per evaluation through sd.log_likelihood at batch {batch}, "
               "in one-probe Hutchinson evaluations",
         columns=["grid", "D", "hutch1_ms", "hutch8", "lattice4", "lattice4_vjps", "exact_evals", "exact_per_D",
-                 "extrapolated", "goal", "pass"],
+                 "extrapolated", "goal", "pass", "joint_nfe", "path_nfe", "forward", "exact_nodes_solve",
+                 "exact_nodes_per_D"],
         goal=f"exact trace <= {TRACE_GOAL} D one-probe Hutchinson evaluations per field at batch {batch}",
     )
     started = time.perf_counter()
@@ -256,18 +257,34 @@ def run_trace(*, quick: bool = False, device: torch.device | str = "cpu", sizes:
             per_chunk = max(two - one, 1e-9)
             ex = (one - per_chunk) + per_chunk * basis_chunks
             del est
+        # the whole exact log-likelihood on the path (nodes=16: 17 exact evaluations plus the
+        # forwards of the solve of x alone) against the joint solve's evaluations, both adaptive
+        kw = dict(rtol=1e-3, atol=1e-3) if quick else dict(rtol=1e-4, atol=1e-4)
+        joint_nfe = sd.log_likelihood(score, sde, x, divergence="hutchinson", probes=1, rtol=1e-3, atol=1e-3).nfe
+        path_nfe = sd.log_likelihood(score, sde, x, divergence="hutchinson", probes=1, nodes=16, max_nodes=16,
+                                     **kw).nfe - 17
+        tt = torch.full((batch,), 0.5, device=device)
+        with torch.no_grad():
+            fwd = median([timed(lambda: score(x, tt), device)[0] for _ in range(repeats + 1)]) / h1
+        solve = 17 * ex / h1 + path_nfe * fwd  # in one-probe Hutchinson evaluations
         section.rows.append({
             "grid": f"{size}x{size}", "D": d, "hutch1_ms": 1e3 * h1, "hutch8": h8 / h1, "lattice4": lat / h1,
             "lattice4_vjps": 16, "exact_evals": ex / h1, "exact_per_D": ex / (h1 * d),
             "extrapolated": "yes" if extrapolated else "no", "goal": TRACE_GOAL, "pass": ex / (h1 * d) <= TRACE_GOAL,
+            "joint_nfe": joint_nfe, "path_nfe": path_nfe, "forward": fwd, "exact_nodes_solve": solve,
+            "exact_nodes_per_D": solve / (joint_nfe * d),
         })
     section.notes.append(
         f"the unit is one evaluation of sd.log_likelihood(divergence='hutchinson', probes=1) at batch {batch}: "
         "score forward + one VJP, measured as the wall time of a two-step Euler solve / 2; every estimator "
-        "through the same call with its default chunk size (torch.func.vmap over torch.func.vjp); "
+        "through the same call with its default chunk size (one product at a time over the retained graph on "
+        "the CPU, torch.func.vmap over torch.func.vjp on CUDA); "
         "extrapolated rows time one evaluation with one and with two chunks of basis vectors and scale the "
         f"difference by the number of chunks; UNet {'tiny' if quick else 'small'} without attention, "
-        f"torch threads {torch.get_num_threads()}"
+        f"torch threads {torch.get_num_threads()}; the last columns are the whole exact log-likelihood with "
+        "nodes=16 (17 exact evaluations and the path_nfe forwards, in one-probe evaluations, 'forward' being one "
+        "score forward in that unit), and exact_nodes_per_D = that cost / (joint_nfe D): per field and per "
+        "evaluation of the joint one-probe solve (rtol 1e-3) it replaces, in D one-probe evaluations"
     )
     section.seconds = time.perf_counter() - started
     return section

@@ -42,6 +42,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--rtol", type=positive_float, default=1e-3,
                    help="ODE relative tolerance (default 1e-3: solver error ~7e-4 bits/dim per 16x16 field, docs/likelihood.md)")
     p.add_argument("--atol", type=positive_float, default=1e-3, help="ODE absolute tolerance (default 1e-3)")
+    p.add_argument("--nodes", type=_nodes, default=None, metavar="N",
+                   help="solve x alone and integrate the divergence by the trapezoid rule on N + 1 nodes in log-SNR "
+                   "(an even N; 0 integrates it in the ODE at every step; docs/likelihood.md)")
+    p.add_argument("--max-nodes", type=_nodes, default=None, metavar="M",
+                   help="refine the rule on the midpoints up to M intervals (N times a power of 2; default 4 N) while a "
+                   "field's estimated quadrature error exceeds --quadrature-tol")
+    p.add_argument("--quadrature-tol", type=positive_float, default=1e-3, metavar="BITS",
+                   help="quadrature error per field, in bits/dim, below which the rule is not refined (default 1e-3)")
     p.add_argument("--t-min", type=float, default=1e-5, help="where the flow starts (log p_t_min ~ log p_0)")
     p.add_argument("--time-variable", choices=["logsnr", "t", "sigma"], default=None,
                    help="ODE integration variable (default: that of scidiff.log_likelihood; see docs/samplers.md)")
@@ -68,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         loaded = open_run(args)
         ds = runs.loglik(
             loaded, args.data, divergence=args.divergence, n=args.n, batch_size=args.batch_size, probes=args.probes,
-            spacing=args.spacing, target_se=args.target_se,
+            spacing=args.spacing, target_se=args.target_se, nodes=args.nodes or None,
+            max_nodes=args.max_nodes if args.nodes else None, quadrature_tol=args.quadrature_tol,
             rtol=args.rtol, atol=args.atol, t_min=args.t_min, time_variable=args.time_variable, seed=args.seed,
             progress=show_progress(args), bound_samples=args.bound_samples,
         )
@@ -92,6 +101,13 @@ def run(args: argparse.Namespace) -> int:
         f"(min {bpd.min():.4f}, max {bpd.max():.4f}); per-field standard error {_se_text(se)}; wrote {out}"
     )
     return 0
+
+
+def _nodes(text: str) -> int:
+    value = int(text) if text.strip().lstrip("-").isdigit() else -1
+    if value < 0 or value % 2:
+        raise argparse.ArgumentTypeError(f"--nodes must be 0 or an even number of intervals, got {text!r}")
+    return value
 
 
 def _se_text(se) -> str:

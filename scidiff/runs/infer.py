@@ -265,6 +265,9 @@ def loglik(
     target_se: float | None = None,
     rtol: float = 1e-3,
     atol: float = 1e-3,
+    nodes: int | None = None,
+    max_nodes: int | None = None,
+    quadrature_tol: float = 1e-3,
     t_min: float = 1e-5,
     time_variable: str | None = None,
     seed: int = 0,
@@ -325,6 +328,7 @@ def loglik(
     batches = [(b0, min(total, b0 + batch_size)) for b0 in range(0, total, batch_size)][rank::world]
     log_prob, log_prob_se, names, index, thetas = [], [], [], [], []
     nfe = 0
+    quadrature = dict(nodes=nodes, max_nodes=max_nodes, quadrature_tol=quadrature_tol)
     bar = progress_bar(sum(b1 - b0 for b0, b1 in batches), f"log-likelihood ({divergence})",
                        enabled=progress and rank == 0, unit="field")
     try:
@@ -341,14 +345,14 @@ def loglik(
                     res = loaded.latent.log_likelihood_bound(
                         z.to(device=loaded.device, dtype=dtype), samples=bound_samples, generator=generator,
                         divergence=divergence, probes=probes, spacing=spacing, target_se=target_se, rtol=rtol,
-                        atol=atol, t_min=t_min, time_variable=time_variable,
+                        atol=atol, t_min=t_min, time_variable=time_variable, **quadrature,
                     )
                     res.divergence = [f"{divergence} (bound)"] * z.shape[0]
                 else:
                     res = log_likelihood(
                         score, loaded.model.sde, z.to(device=loaded.device, dtype=dtype), divergence=divergence,  # type: ignore[arg-type]
                         probes=probes, spacing=spacing, target_se=target_se, rtol=rtol, atol=atol, t_min=t_min,
-                        time_variable=time_variable, generator=generator,  # type: ignore[arg-type]
+                        time_variable=time_variable, generator=generator, **quadrature,  # type: ignore[arg-type]
                     )
             except AssertionError as err:  # torchdiffeq's step-size underflow
                 raise solver_failure(err, f"fields {b0}-{b1 - 1} of {Path(data).name}", z) from None
@@ -378,6 +382,9 @@ def loglik(
         "target_se_bits_per_dim": float(target_se) if target_se is not None else 0.0,
         "rtol": rtol,
         "atol": atol,
+        "nodes": int(nodes) if nodes is not None else 0,
+        "max_nodes": int(max_nodes or 0) if nodes is not None else 0,
+        "quadrature_tol_bits_per_dim": float(quadrature_tol) if nodes is not None else 0.0,
         "t_min": t_min,
         "time_variable": time_variable,
         "seed": int(seed),
