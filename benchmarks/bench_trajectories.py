@@ -217,14 +217,14 @@ def window_problem(size: int, length: int, seed: int, noise: float = 0.2):
 
 
 def window_model(size: int, steps: int, n_post: int, truths: int, n_train: int, sampler: dict,
-                 cg_steps: int, configs: list[tuple[str, str]]) -> Section:
+                 cg_steps: int, configs: list[tuple[str, str]], safeguard: bool = True) -> Section:
     """Window models trained on the unit-variance AR(1) system, in two layouts, against the exact answers."""
     sde = sd.VPSDE()
     p = unit_system(size)
     w, length, noise = 5, 8, 0.2
     x = p.sample(n_train, 16, seed=0, dtype=torch.float32)[:, :, None]          # training trajectories
     s = Section("window_model", f"trained W = {w} window scores on the AR(1) system ({size} points, unit variance), "
-                f"{steps} steps, channels vs axis layout",
+                f"{steps} steps, channels vs axis layout (MMPS safeguard {safeguard})",
                 ["model", "params", "train_s", "err_t0.01", "err_t0.1", "err_t0.5", "max_mean_err_sd",
                  "var_ratio", "var_ratio_median", "cover50", "cover90", "cover50_se", "nfe", "sample_s"],
                 goal="posterior coverage of the truth 0.5 / 0.9 within binomial tolerance (as the exact posterior)")
@@ -245,7 +245,8 @@ def window_model(size: int, steps: int, n_post: int, truths: int, n_train: int, 
                 post = mu + sd_post * torch.randn(n_post, mu.numel(), dtype=F64,
                                                   generator=torch.Generator().manual_seed(k))
             else:
-                guided = MMPSGuidance(MarkovBlanketScore(window_score, w), sde, obs, y, noise, cg_steps=cg_steps)
+                guided = MMPSGuidance(MarkovBlanketScore(window_score, w), sde, obs, y, noise, cg_steps=cg_steps,
+                                      safeguard=safeguard)
                 res = sd.sample(guided, sde, (n_post, length, 1, size), generator=torch.Generator().manual_seed(k),
                                 dtype=F64, progress=False, return_result=True, **sampler)
                 post, nfe = res.x.flatten(1), max(nfe, res.nfe)
@@ -385,7 +386,7 @@ def _interpolate(obs_times: list[int], sites: np.ndarray, y: np.ndarray, length:
 
 
 def lorenz96(steps: int, members: int, truths: int, quick: bool, prediction: str = "v", cg_steps: int = 3,
-             sampler_steps: int = 32) -> Section:
+             sampler_steps: int = 32, safeguard: bool = True) -> Section:
     sde = sd.VPSDE()
     size, w, interval = 40, 5, 0.1
     model_l96 = Lorenz96(size)
@@ -429,7 +430,7 @@ def lorenz96(steps: int, members: int, truths: int, quick: bool, prediction: str
     noise = 0.5
     climatology = train.reshape(-1, size)
     s = Section("lorenz96", f"Lorenz-96 (N = 40, F = 8, interval {interval}): assimilation then forecast, "
-                f"{steps}-step W = {w} window model ({prediction}-prediction)",
+                f"{steps}-step W = {w} window model ({prediction}-prediction, MMPS safeguard {safeguard})",
                 ["lead", "state", "crps_model", "ssr_model", "crps_interp", "crps_climatology"],
                 goal="model CRPS below both baselines over the observed window; spread-skill ratio near 1")
     per_lead = {k: {"m": [], "ssr": [], "i": [], "c": []} for k in range(length)}
@@ -439,7 +440,7 @@ def lorenz96(steps: int, members: int, truths: int, quick: bool, prediction: str
         truth = held[j, :length]
         y = obs(truth[None, :, None])[0] + noise * torch.randn(len(obs_times), len(sites), dtype=F64, generator=g)
         guided = MMPSGuidance(MarkovBlanketScore(window, w), sde, obs, ((y - mean) / std).float(), noise / std,
-                              cg_steps=cg_steps)
+                              cg_steps=cg_steps, safeguard=safeguard)
         post = sd.sample(guided, sde, (members, length, 1, size), "dpmpp_2m", steps=sampler_steps,
                          generator=torch.Generator().manual_seed(j), progress=False)
         ens = (mean + std * post[:, :, 0].double()).numpy()                                # [M, L, 40]
@@ -484,6 +485,8 @@ def main() -> None:
                    help="what the Lorenz-96 window network predicts (MMPS needs an accurate x0-hat: see the docs)")
     p.add_argument("--l96-cg", type=int, default=3, help="MMPS conjugate-gradient steps (lorenz96)")
     p.add_argument("--l96-sampler-steps", type=int, default=32, help="DPM-Solver++ 2M steps (lorenz96)")
+    p.add_argument("--no-safeguard", action="store_true",
+                   help="MMPS without its CG curvature floor (window_model, lorenz96)")
     p.add_argument("--sections", default="composition,assimilation,emulation,window_model,parameterisation,lorenz96")
     args = parse_script_args(p)
     n = 100 if args.quick else args.samples
@@ -498,11 +501,12 @@ def main() -> None:
             16, 20 if args.quick else args.train_steps, 24 if args.quick else args.wm_samples,
             2 if args.quick else args.wm_truths, 100 if args.quick else 2000,
             {"method": "dpmpp_2m", "steps": 8 if args.quick else args.wm_steps}, args.wm_cg,
-            [tuple(c.split(":")) for c in args.wm_configs.split(",")]),
+            [tuple(c.split(":")) for c in args.wm_configs.split(",")], safeguard=not args.no_safeguard),
         "parameterisation": lambda: parameterisation(16, 24 if args.quick else 64, 1 if args.quick else 2),
         "lorenz96": lambda: lorenz96(20 if args.quick else args.l96_steps, 8 if args.quick else 32,
                                      2 if args.quick else 8, args.quick, prediction=args.l96_prediction,
-                                     cg_steps=args.l96_cg, sampler_steps=8 if args.quick else args.l96_sampler_steps),
+                                     cg_steps=args.l96_cg, sampler_steps=8 if args.quick else args.l96_sampler_steps,
+                                     safeguard=not args.no_safeguard),
     }
     for name, run in runs.items():
         if name not in wanted or (name == "window_model" and args.train_steps <= 0) or (
