@@ -24,6 +24,7 @@ MODULES = [
     ("Guidance, conditioning, inference", ["scidiff.guidance", "scidiff.inference"]),
     ("Networks", ["scidiff.nets"]),
     ("Data, simulators, training", ["scidiff.data", "scidiff.simulators", "scidiff.training", "scidiff.checkpoint"]),
+    ("Trajectories and latent diffusion", ["scidiff.trajectories", "scidiff.latent"]),
     ("Metrics and figures", ["scidiff.metrics", "scidiff.plots"]),
     ("Runs and the command line", ["scidiff.runs", "scidiff.cli", "scidiff.demo"]),
 ]
