@@ -9,9 +9,14 @@ no-grad forward for the drift and a second forward with grad plus a VJP for the 
 trace.  Both use the same Rademacher probe and the same rtol = atol, at 1e-5 and 1e-3.
 
 Section "trace": the cost of tr(ds/dx) per score evaluation through ``sd.log_likelihood`` at
-batch 16 -- the exact trace (D vector-Jacobian products, batched by torch.func), Hutchinson
-with 8 probes and the lattice estimator (16 products) -- in units of one one-probe Hutchinson
-evaluation at the same batch, from 16x16 to 64x64.
+batch 16 -- the exact trace (D vector-Jacobian products), Hutchinson with 8 probes and the
+lattice estimator (16 products) -- in units of one one-probe Hutchinson evaluation at the same
+batch, from 16x16 to 64x64; and the whole exact log-likelihood with the divergence on the path
+(``nodes=16``) against the joint solve's evaluations.
+
+Section "quadrature": the divergence by the trapezoid rule on the path (``nodes=``) against
+the joint solve, on a GRF with its exact score and trace and on a Gaussian mixture: error
+against the closed-form density, evaluations, and the reported quadrature error.
 
 Section "estimators": per-field error against the exact density of Gaussian random fields
 with their exact score (FFT), for exact, Hutchinson (1, 8, 16 probes), the lattice estimator
@@ -25,7 +30,7 @@ and the exact density (``--demo-run scidiff-demo``).
 Section "tolerance": the ODE solver's own per-field error (exact score, exact trace, exact p_1)
 against the tolerance, on a Gaussian random field.
 
-    python benchmarks/bench_likelihood.py [--quick] [--only likelihood,trace,tolerance,estimators,demo]
+    python benchmarks/bench_likelihood.py [--quick] [--only likelihood,trace,tolerance,estimators,quadrature,demo]
         [--demo-run scidiff-demo] [--json out.json]
 """
 
@@ -394,6 +399,66 @@ def run_tolerance(*, quick: bool = False, size: int | None = None, count: int | 
     return section
 
 
+def run_quadrature(*, quick: bool = False, size: int | None = None, count: int | None = None) -> Section:
+    """The divergence by quadrature on the path (``nodes=``) against the joint solve, where the
+    answer is known: a GRF with its exact score and the exact trace (error = solver + quadrature),
+    and a two-component Gaussian mixture in 3-D (its log-det changes faster in log-SNR)."""
+    import scidiff as sd
+    from scidiff.analytic import GaussianMixture
+
+    size = size or (8 if quick else 16)
+    count = count or (8 if quick else 16)
+    grf, sde, score, x, p1 = _grf_setup(size, count, seed=4)
+    truth = grf.log_prob(x)
+    d = size * size
+    section = Section(
+        name="quadrature",
+        title=f"divergence on the path (nodes) vs in the joint solve: exact score and exact trace, GRF k^-3 "
+              f"{size}x{size} ({count} fields) and a 3-D Gaussian mixture (100 points)",
+        columns=["problem", "mode", "rtol_atol", "nodes", "nfe", "trace_evals", "rms_err_bpd", "max_err_bpd",
+                 "max_quadrature_error_bpd"],
+        goal="the path with 16-24 nodes as accurate as the joint solve, at a third of the trace evaluations",
+    )
+    started = time.perf_counter()
+    to_bpd = 1.0 / (d * math.log(2.0))
+    for tol in ((1e-3,) if quick else (1e-3, 1e-4)):
+        for nodes in (None, 8, 12, 16, 24, 32):
+            kw = {} if nodes is None else dict(nodes=nodes, max_nodes=nodes)
+            res = sd.log_likelihood(score, sde, x, prior_log_prob=p1, rtol=tol, atol=tol, divergence="exact", **kw)
+            err = ((res.log_prob - truth) * to_bpd).numpy()
+            section.rows.append({
+                "problem": f"GRF {size}x{size}", "mode": "joint" if nodes is None else "path", "rtol_atol": tol,
+                "nodes": nodes or "", "nfe": res.nfe, "trace_evals": res.nfe if nodes is None else nodes + 1,
+                "rms_err_bpd": float(np.sqrt(np.mean(err**2))), "max_err_bpd": float(np.abs(err).max()),
+                "max_quadrature_error_bpd": (float(res.quadrature_error.max()) * to_bpd
+                                             if res.quadrature_error is not None else None),
+            })
+    sde = sd.VPSDE()
+    gm = GaussianMixture([0.3, 0.7], [[-1.0, 0.5, 0.0], [1.5, -0.5, 0.2]], [[0.2, 0.1, 0.3], [0.3, 0.4, 0.2]], sde=sde)
+    xm = gm.sample(100, generator=torch.Generator().manual_seed(3))
+    pm = lambda z: gm.log_prob(z, 1.0)  # noqa: E731
+    exact_m = gm.log_prob(xm)
+    for nodes in (None, 8, 16, 32, 64):
+        kw = {} if nodes is None else dict(nodes=nodes, max_nodes=nodes)
+        res = sd.log_likelihood(gm, sde, xm, prior_log_prob=pm, rtol=1e-7, atol=1e-7, **kw)
+        err = ((res.log_prob - exact_m) / (3 * math.log(2.0))).numpy()
+        section.rows.append({
+            "problem": "mixture 3-D", "mode": "joint" if nodes is None else "path", "rtol_atol": 1e-7,
+            "nodes": nodes or "", "nfe": res.nfe, "trace_evals": res.nfe if nodes is None else nodes + 1,
+            "rms_err_bpd": float(np.sqrt(np.mean(err**2))), "max_err_bpd": float(np.abs(err).max()),
+            "max_quadrature_error_bpd": (float(res.quadrature_error.max()) / (3 * math.log(2.0))
+                                         if res.quadrature_error is not None else None),
+        })
+    section.notes.append(
+        "errors against the closed-form densities with the exact p_1 as the prior; joint = the divergence "
+        "integrated with x by dopri5 (every evaluation a trace); path = x solved alone (forwards only), the "
+        "trace at nodes + 1 points equally spaced in log-SNR, trapezoid rule, no refinement (max_nodes = nodes); "
+        "max_quadrature_error = the reported estimate |Q_n - Q_n/2|"
+    )
+    section.seconds = time.perf_counter() - started
+    return section
+
+
 def run_demo(run_dir: Path, *, n: int = 64, batch_size: int = 64, exact_n: int | None = None,
              configs: list[tuple[str, dict]] | None = None) -> Section:
     """The user's path: ``scidiff.runs.loglik`` (what ``scidiff loglik`` calls) on the demo run's
@@ -471,7 +536,7 @@ def run_demo(run_dir: Path, *, n: int = 64, batch_size: int = 64, exact_n: int |
 
 def main() -> None:
     p = script_parser(__doc__)
-    p.add_argument("--only", default="likelihood,trace,tolerance,estimators")
+    p.add_argument("--only", default="likelihood,trace,tolerance,estimators,quadrature")
     p.add_argument("--checkpoint", type=Path, default=None, help="trained GRF model from bench_accuracy.py")
     p.add_argument("--demo-run", type=Path, default=None,
                    help="a `scidiff demo` run folder for the section 'demo' (the user's path)")
@@ -485,6 +550,8 @@ def main() -> None:
         sections.append(run_tolerance(quick=args.quick))
     if "estimators" in args.only:
         sections.append(run_estimators(quick=args.quick))
+    if "quadrature" in args.only:
+        sections.append(run_quadrature(quick=args.quick))
     if "demo" in args.only:
         if args.demo_run is None:
             p.error("--only demo needs --demo-run FOLDER (made by `scidiff demo`)")
