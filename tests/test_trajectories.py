@@ -206,7 +206,8 @@ def test_mmps_with_the_exact_score_is_the_exact_posterior_score() -> None:
 
 def test_conjugate_gradient_floor_is_inert_for_a_covariance_and_bounds_an_indefinite_one() -> None:
     """CG with the curvature floor D: M = D + B B^T is solved exactly as without it; along a direction
-    where M is (nearly) singular plain CG's step is huge, the floored one stays within |b| / min D."""
+    where M is nearly singular plain CG's step is huge, the floored one stays within |b| / min D;
+    along a negative curvature neither steps."""
     from scidiff.guidance.mmps import conjugate_gradient
 
     g = torch.Generator().manual_seed(0)
@@ -229,6 +230,11 @@ def test_conjugate_gradient_floor_is_inert_for_a_covariance_and_bounds_an_indefi
     floored = conjugate_gradient(lambda x: x @ m_bad, rhs, 1, floor=d[None])
     assert float(plain.norm()) > 1e9
     assert float(floored.norm()) <= 1.0 / float(d.min()) * (1 + 1e-12)
+    # along a direction of negative curvature no step is taken, with or without the floor
+    m_neg = torch.diag(d) - (v @ torch.diag(d) @ v + 1.0) * torch.outer(v, v)
+    assert float(v @ m_neg @ v) == pytest.approx(-1.0)
+    for floor in (None, d[None]):
+        assert float(conjugate_gradient(lambda x: x @ m_neg, rhs, 1, floor=floor).abs().max()) == 0.0
 
 
 def test_dps_takes_the_trajectory_operator() -> None:

@@ -51,10 +51,11 @@ def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, steps: int
     """``steps`` iterations of batched CG for ``M u = b`` (b [B, N], M SPD per sample), from u = 0.
 
     ``floor`` (broadcastable to [B, N]): a diagonal ``D`` known to satisfy ``M >= D`` (for MMPS,
-    the noise variances: ``Sigma_y = sigma_y^2 I + A V A^T`` with V a covariance).  The curvature
-    of each search direction is taken as ``max(p^T M p, p^T D p)``, which changes nothing while M
-    honours the bound and keeps every step finite when it does not (an indefinite V from a
-    learned score's Jacobian), so that ``|u|`` stays of the order of ``|D^{-1} b|``.
+    the noise variances: ``Sigma_y = sigma_y^2 I + A V A^T`` with V a covariance).  A positive
+    curvature ``p^T M p`` of a search direction is taken as ``max(p^T M p, p^T D p)``, which changes
+    nothing while M honours the bound and keeps the step finite when it does not (a nearly
+    singular V from a learned score's Jacobian); along a direction of negative curvature no step
+    is taken, with or without the floor.
     Fixed iteration count and no host syncs; a converged sample (zero residual) stays put.
     """
     u = torch.zeros_like(b)
@@ -65,8 +66,8 @@ def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, steps: int
     for _ in range(steps):
         mp = matvec(p)
         pmp = (p * mp).sum(1, keepdim=True)
-        if floor is not None:
-            pmp = torch.maximum(pmp, (p * p * floor).sum(1, keepdim=True))
+        if floor is not None:  # a positive curvature below the bound is raised to it; a negative one: no step
+            pmp = torch.where(pmp > 0, torch.maximum(pmp, (p * p * floor).sum(1, keepdim=True)), pmp)
         a = torch.where(pmp > tiny, rs / pmp.clamp_min(tiny), torch.zeros_like(pmp))
         u = u + a * p
         res = res - a * mp
@@ -90,8 +91,8 @@ class MMPSGuidance(GuidedScore):
         cg_steps: conjugate-gradient iterations for Sigma_y^{-1} r (exact after M for M observations).
         safeguard: bound the CG curvature below by the noise variance (``Sigma_y >= sigma_y^2 I``
             holds for any covariance V; see :func:`conjugate_gradient`).  Inactive for an exact
-            score; for a learned one it stops the rare member whose V is indefinite from being
-            thrown far out.
+            score; for a learned one it stops the rare member whose V is nearly singular along a
+            CG direction from being thrown far out.
 
     Call: ``guided(x, t)``, returns a tensor like x with no graph.
     """
