@@ -98,7 +98,10 @@ def run(args: argparse.Namespace) -> int:
         )
     say(
         f"log p(x) of {lp.size} fields: mean {lp.mean():.6g} nats, {bpd.mean():.4f} bits/dim "
-        f"(min {bpd.min():.4f}, max {bpd.max():.4f}); per-field standard error {_se_text(se)}; wrote {out}"
+        f"(min {bpd.min():.4f}, max {bpd.max():.4f}); per-field standard error {_se_text(se)}"
+        + (f"; divergence on {ds.attrs['nodes']}+ log-SNR nodes, estimated quadrature error at most "
+           f"{ds.attrs['max_quadrature_error_bits_per_dim']:.2g} bits/dim" if ds.attrs.get("nodes") else "")
+        + f"; wrote {out}"
     )
     return 0
 

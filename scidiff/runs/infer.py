@@ -329,6 +329,7 @@ def loglik(
     log_prob, log_prob_se, names, index, thetas = [], [], [], [], []
     nfe = 0
     quadrature = dict(nodes=nodes, max_nodes=max_nodes, quadrature_tol=quadrature_tol)
+    worst_quadrature = 0.0  # the largest estimated quadrature error of a field, bits/dim
     bar = progress_bar(sum(b1 - b0 for b0, b1 in batches), f"log-likelihood ({divergence})",
                        enabled=progress and rank == 0, unit="field")
     try:
@@ -357,6 +358,8 @@ def loglik(
             except AssertionError as err:  # torchdiffeq's step-size underflow
                 raise solver_failure(err, f"fields {b0}-{b1 - 1} of {Path(data).name}", z) from None
             nfe += res.nfe
+            if getattr(res, "quadrature_error", None) is not None:
+                worst_quadrature = max(worst_quadrature, float(res.quadrature_error.max()) / (d * math.log(2.0)))
             log_prob.append(res.log_prob.detach().double().cpu() + loaded.normalizer.log_abs_det_jacobian(x))
             log_prob_se.append(res.log_prob_se.detach().double().cpu())
             names.extend(res.divergence)
@@ -371,6 +374,11 @@ def loglik(
     if world > 1:
         log_prob, log_prob_se, names, index, thetas, nfe = _gather_in_order(
             log_prob, log_prob_se, names, index, thetas, nfe)
+        import torch.distributed as dist
+
+        worsts: list[Any] = [None] * world
+        dist.all_gather_object(worsts, worst_quadrature)
+        worst_quadrature = max(worsts)
     lp = torch.cat(log_prob)
     bpd = -lp / (d * math.log(2.0))
     provenance = {
@@ -385,6 +393,7 @@ def loglik(
         "nodes": int(nodes) if nodes is not None else 0,
         "max_nodes": int(max_nodes or 0) if nodes is not None else 0,
         "quadrature_tol_bits_per_dim": float(quadrature_tol) if nodes is not None else 0.0,
+        "max_quadrature_error_bits_per_dim": worst_quadrature,
         "t_min": t_min,
         "time_variable": time_variable,
         "seed": int(seed),
