@@ -72,8 +72,8 @@ class LikelihoodResult:
         divergence: per sample, the estimator that gave the final value ("exact", ...).
         probes: per sample, the probes (Hutchinson) or replicates (lattice) averaged; 0 for exact.
         quadrature_error: with ``nodes``, the estimated error of the trapezoid rule per sample,
-            nats: the change from the rule on every other node, which bounds the error where the
-            rule converges; None without ``nodes``.
+            nats, from the rules on every node, every other and every fourth (an estimate for
+            a converging rule, see ``docs/likelihood.md``); None without ``nodes``.
     """
 
     log_prob: Tensor
@@ -246,10 +246,11 @@ def _on_path(score: ScoreFn, sde: VPSDE, path: _Path, rows: Tensor | None, estim
     """The divergence integral by the trapezoid rule on every ``stride``-th node of the path.
 
     With ``tol_nats`` the stride is halved (the rule refined on the midpoints, for the whole
-    batch) while some field's estimated quadrature error exceeds it.  The estimate is
-    |Q_s - Q_2s|, the change from the rule on every other node: where the rule converges
-    geometrically it exceeds the error of Q_s by the convergence factor (measured 10-100 per
-    halving on Gaussian random fields and mixtures, ``docs/likelihood.md``).
+    batch) while some field's estimated quadrature error exceeds it.  The estimate comes from
+    the rules on strides s, 2s and 4s: with d1 = |Q_s - Q_2s| and d2 = |Q_2s - Q_4s|, a rule
+    converging geometrically has error(Q_s) ~ d1 (d1 / d2), taken at most d1 (which is about
+    the error of Q_2s); with only two rules it is d1.  It is an estimate, not a bound: on a
+    rule too coarse to resolve the integrand it can be low by a few times (``docs/likelihood.md``).
 
     Returns (delta log p [B], its standard error [B], the quadrature's error estimate [B], NFE)
     and sets ``path.stride`` to the stride used.
@@ -272,7 +273,12 @@ def _on_path(score: ScoreFn, sde: VPSDE, path: _Path, rows: Tensor | None, estim
         return estimator.combine(gamma)
 
     def known_error(step: int) -> Tensor:
-        return (rule(step)[0] - rule(2 * step)[0]).abs()
+        q1, q2 = rule(step)[0], rule(2 * step)[0]
+        d1 = (q1 - q2).abs()
+        if n % (4 * step):
+            return d1
+        d2 = (q2 - rule(4 * step)[0]).abs()
+        return torch.where(d2 > d1, d1 * d1 / d2.clamp_min(torch.finfo(d1.dtype).tiny), d1)
 
     with torch.inference_mode(False), torch.no_grad():
         try:
