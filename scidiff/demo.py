@@ -4,7 +4,7 @@
    P(k) = A |k|^(-s) and unit pointwise variance (``scidiff.simulators.make("grf")``), a
    training file and a held-out file;
 2. training: a small periodic UNet by denoising score matching with EMA (:func:`scidiff.runs.train`,
-   as ``scidiff train``);
+   as ``scidiff train``), with the likelihood weighting and t drawn uniformly in log-SNR;
 3. sampling: the probability-flow ODE (:func:`scidiff.runs.sample`) -> ``samples.nc``;
 4. likelihood: log p(x) of held-out fields through the PF-ODE with the lattice trace
    estimator and its per-field standard error (:func:`scidiff.runs.loglik`, as ``scidiff
@@ -52,8 +52,13 @@ class DemoConfig:
         n_train: fields in the training file (10 % of them held out for the validation loss).
         n_heldout: fields in the held-out file, whose log-likelihoods are evaluated.
         n_samples: fields drawn from the model.
-        steps, batch_size, lr, warmup_steps, ema_decay: training.
+        steps, batch_size, lr, warmup_steps, ema_decay, grad_clip: training (grad_clip 0: none).
+        weighting, time_sampling: the denoising loss's weighting ("simple" or "likelihood") and
+            its draw of t ("uniform" or "importance"); :class:`scidiff.training.TrainConfig`.
+            The default, "likelihood" with "importance", trains the small-t end that uniform t
+            leaves out (t < 3e-3, where log p's divergence integral still counts), at the same cost.
         base_channels, channel_mults: the UNet.
+        prediction: what the network predicts ("eps", "x0" or "v"; :class:`scidiff.runs.ModelOptions`).
         rtol: tolerance of the sampling ODE solve.
         loglik_rtol: tolerance of the likelihood's ODE solves (rtol = atol).
         divergence: the trace estimator of the likelihood ("lattice", "exact", "hutchinson").
@@ -72,8 +77,12 @@ class DemoConfig:
     lr: float = 2e-3
     warmup_steps: int = 100
     ema_decay: float = 0.995
+    grad_clip: float = 1.0
+    weighting: str = "likelihood"
+    time_sampling: str = "importance"
     base_channels: int = 16
     channel_mults: list[int] = field(default_factory=lambda: [1, 2])
+    prediction: str = "v"
     rtol: float = 1e-4
     loglik_rtol: float = 1e-3
     divergence: str = "lattice"
@@ -202,11 +211,13 @@ def run_demo(
         data = DataOptions(file=str(train_file), variables=[var], val_fraction=0.1, split_seed=seed)
         model = ModelOptions(
             base_channels=cfg.base_channels, channel_mults=list(cfg.channel_mults), attention=False, periodic=True,
+            prediction=cfg.prediction,
         )
         train_config = TrainConfig(
             steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
-            lr_decay="cosine", ema_decay=cfg.ema_decay, seed=seed, log_every=max(1, min(100, cfg.steps // 5)),
-            val_every=cfg.steps, checkpoint_every=0,
+            lr_decay="cosine", ema_decay=cfg.ema_decay, grad_clip=cfg.grad_clip, weighting=cfg.weighting,
+            time_sampling=cfg.time_sampling, seed=seed, log_every=max(1, min(100, cfg.steps // 5)), val_every=cfg.steps,
+            checkpoint_every=0,
         )
         summary = train(folder, data, model, train_config, overwrite=True, device=device, progress=progress)
         run = summary.run
@@ -336,6 +347,7 @@ def _report(v: dict[str, Any], files: dict[str, Path], folder: Path, var: str) -
     figs = [p for k, p in files.items() if str(p).endswith(".png")]
     fig_md = "\n\n".join(f"![{Path(p).stem}]({_rel(p, folder)})" for p in figs)
     mode = " (fast smoke-test mode: too little training for meaningful numbers)" if v["fast"] else ""
+    loss_units = " (a bound on -log p per field, in nats, up to a constant)" if cfg["weighting"] == "likelihood" else ""
     return f"""# scidiff demo report{mode}
 
 **Data.** Gaussian random fields `{var}` on a periodic {v['grid']} grid (D = {v['dims']}), power
@@ -346,7 +358,8 @@ exactly (diagonal in Fourier space), so the model's likelihood can be checked ag
 
 **Model.** A periodic UNet with {v['parameters']:,} parameters (base width {cfg['base_channels']},
 levels {cfg['channel_mults']}), {v['prediction']}-prediction on the linear VP-SDE, trained for {v['steps']} steps
-(batch {cfg['batch_size']}, AdamW, lr {cfg['lr']}, cosine decay, EMA {cfg['ema_decay']});
+(batch {cfg['batch_size']}, AdamW, lr {cfg['lr']}, cosine decay, EMA {cfg['ema_decay']}), "{cfg['weighting']}" weighting of
+the denoising loss{loss_units}, t drawn "{cfg['time_sampling']}";
 final training loss {v['final_loss']:.4f}, validation loss {v['val_loss']:.4f}.
 
 ## Likelihood of held-out fields

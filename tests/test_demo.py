@@ -108,6 +108,18 @@ def test_report_numbers_are_recomputable(demo: tuple[Path, str]) -> None:
     assert total is not None and float(total.group(1)) > 0
 
 
+def test_training_follows_the_demo_configuration(demo: tuple[Path, str]) -> None:
+    folder, _ = demo
+    metrics = json.loads((folder / "metrics.json").read_text())
+    cfg = metrics["config"]
+    (checkpoint,) = (folder / "checkpoints").glob("*/checkpoint.json")
+    stored = json.loads(checkpoint.read_text())
+    for key in ("steps", "batch_size", "lr", "warmup_steps", "ema_decay", "grad_clip", "weighting", "time_sampling"):
+        assert stored["train_config"][key] == cfg[key], key
+    assert stored["prediction"] == cfg["prediction"] == metrics["prediction"]
+    assert stored["net"]["kwargs"]["channel_mults"] == cfg["channel_mults"]
+
+
 def test_demo_run_folder_serves_the_other_commands(demo: tuple[Path, str], tmp_path: Path) -> None:
     folder, _ = demo
     out = tmp_path / "more.csv"
