@@ -87,7 +87,7 @@ class DemoConfig:
     prediction: str = "v"
     rtol: float = 1e-4
     loglik_rtol: float = 1e-4
-    loglik_nodes: int = 16
+    loglik_nodes: int = 0
     divergence: str = "lattice"
     spacing: int = 4
     probes: int = 1

@@ -40,12 +40,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--n", type=positive_int, default=None, help="only the first N fields")
     p.add_argument("--batch-size", type=positive_int, default=32, help="fields per ODE solve")
     p.add_argument("--rtol", type=positive_float, default=1e-4,
-                   help="ODE relative tolerance (default 1e-4: with --nodes 16, solver error ~4e-4 bits/dim per 16x16 "
-                   "field, docs/likelihood.md; the joint solve, --nodes 0, needs only 1e-3 for the same)")
+                   help="ODE relative tolerance (default 1e-4; at 1e-3 the demo models' log p moved by up to 0.007 "
+                   "bits/dim, docs/likelihood.md; with --nodes use 1e-6)")
     p.add_argument("--atol", type=positive_float, default=1e-4, help="ODE absolute tolerance (default 1e-4)")
-    p.add_argument("--nodes", type=_nodes, default=16, metavar="N",
-                   help="solve x alone and integrate the divergence by the trapezoid rule on N + 1 nodes in log-SNR "
-                   "(an even N, default 16; 0 integrates it in the ODE at every step instead; docs/likelihood.md)")
+    p.add_argument("--nodes", type=_nodes, default=0, metavar="N",
+                   help="solve x alone and integrate the divergence by the trapezoid rule on N + 1 nodes in log-SNR: "
+                   "N + 1 trace evaluations whatever the solver's steps (an even N, e.g. 16 with --rtol 1e-6 and "
+                   "--atol 1e-6; default 0: the divergence integrated with x at every step; docs/likelihood.md)")
     p.add_argument("--max-nodes", type=_nodes, default=None, metavar="M",
                    help="refine the rule on the midpoints up to M intervals (N times a power of 2; default 4 N) while a "
                    "field's estimated quadrature error exceeds --quadrature-tol")
