@@ -307,6 +307,26 @@ def test_loglik_default_lattice_gives_standard_errors(trained_run: Path, data_fi
         assert (err <= 5 * ds["log_prob_se"].values + 1e-6).all(), (err, ds["log_prob_se"].values)
 
 
+def test_loglik_on_the_path_matches_the_joint_solve(trained_run: Path, data_file: Path, workdir: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    """--nodes: the exact trace by quadrature on the path agrees with the joint solve's exact trace,
+    the provenance records it, and a bad node count fails in one line."""
+    joint, path = workdir / "loglik_joint.nc", workdir / "loglik_path.nc"
+    common = ["--data", str(data_file), "--n", "3", "--divergence", "exact", "--rtol", "1e-6", "--atol", "1e-6"]
+    assert run_cli("loglik", str(trained_run), *common, "--out", str(joint)) == 0
+    assert run_cli("loglik", str(trained_run), *common, "--nodes", "16", "--max-nodes", "64", "--out", str(path)) == 0
+    assert "quadrature error" in capsys.readouterr().out
+    with xr.open_dataset(joint) as a, xr.open_dataset(path) as b:
+        assert int(b.attrs["nodes"]) == 16 and int(a.attrs["nodes"]) == 0
+        assert b.attrs["max_quadrature_error_bits_per_dim"] <= 1e-3
+        # both converge to the same integral: within the quadrature tolerance (bits/dim) plus the solvers'
+        diff = np.abs(a["bits_per_dim"].values - b["bits_per_dim"].values)
+        assert (diff <= 1e-3 + 1e-4).all(), diff
+    with pytest.raises(SystemExit):
+        run_cli("loglik", str(trained_run), *common, "--nodes", "7", "--out", str(workdir / "bad.nc"))
+    assert "--nodes must be 0 or an even number" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_loglik_split_across_processes_writes_one_table_in_order(trained_run: Path, data_file: Path,
                                                                  workdir: Path) -> None:
