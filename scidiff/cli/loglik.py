@@ -43,11 +43,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="ODE relative tolerance (default 1e-4; at 1e-3 the demo models' log p moved by up to 0.007 "
                    "bits/dim, docs/likelihood.md; with --nodes use 1e-6)")
     p.add_argument("--atol", type=positive_float, default=1e-4, help="ODE absolute tolerance (default 1e-4)")
-    p.add_argument("--nodes", type=_nodes, default=0, metavar="N",
+    p.add_argument("--nodes", type=_intervals("--nodes"), default=0, metavar="N",
                    help="solve x alone and integrate the divergence by the trapezoid rule on N + 1 nodes in log-SNR: "
                    "N + 1 trace evaluations whatever the solver's steps (an even N, e.g. 16 with --rtol 1e-6 and "
                    "--atol 1e-6; default 0: the divergence integrated with x at every step; docs/likelihood.md)")
-    p.add_argument("--max-nodes", type=_nodes, default=None, metavar="M",
+    p.add_argument("--max-nodes", type=_intervals("--max-nodes"), default=None, metavar="M",
                    help="refine the rule on the midpoints up to M intervals (N times a power of 2; default 4 N) while a "
                    "field's estimated quadrature error exceeds --quadrature-tol")
     p.add_argument("--quadrature-tol", type=positive_float, default=1e-3, metavar="BITS",
@@ -108,11 +108,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _nodes(text: str) -> int:
-    value = int(text) if text.strip().lstrip("-").isdigit() else -1
-    if value < 0 or value % 2:
-        raise argparse.ArgumentTypeError(f"--nodes must be 0 or an even number of intervals, got {text!r}")
-    return value
+def _intervals(option: str):
+    """An argparse type for a count of trapezoid intervals: 0 or an even number."""
+
+    def parse(text: str) -> int:
+        value = int(text) if text.strip().lstrip("-").isdigit() else -1
+        if value < 0 or value % 2:
+            raise argparse.ArgumentTypeError(f"{option} must be 0 or an even number of intervals, got {text!r}")
+        return value
+
+    return parse
 
 
 def _se_text(se) -> str:
