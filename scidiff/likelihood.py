@@ -187,9 +187,13 @@ def _solve(score: ScoreFn, sde: VPSDE, x: Tensor, estimator: DivergenceEstimator
         finally:
             bar.close()
     div_s, se = estimator.combine(gamma)
+    return _Solved(x1=x1, delta=_identity_part(sde, x, t_min) + div_s, se=se, nfe=counter.nfe)
+
+
+def _identity_part(sde: VPSDE, x: Tensor, t_min: float) -> float:
+    """The D part of the divergence integral, in closed form: D (log alpha(1) - log alpha(t_min))."""
     log_alpha = sde.schedule.log_alpha(torch.tensor([t_min, 1.0], dtype=torch.float64))
-    identity_part = x[0].numel() * float(log_alpha[1] - log_alpha[0])
-    return _Solved(x1=x1, delta=identity_part + div_s, se=se, nfe=counter.nfe)
+    return x[0].numel() * float(log_alpha[1] - log_alpha[0])
 
 
 @dataclass
@@ -297,9 +301,7 @@ def _on_path(score: ScoreFn, sde: VPSDE, path: _Path, rows: Tensor | None, estim
             bar.close()
     path.stride = stride
     div_s, se = rule(stride)
-    log_alpha = sde.schedule.log_alpha(torch.tensor([float(path.t[0]), 1.0], dtype=torch.float64))
-    identity_part = x0[0].numel() * float(log_alpha[1] - log_alpha[0])
-    return identity_part + div_s, se, err, counter.nfe
+    return _identity_part(sde, x0, float(path.t[0])) + div_s, se, err, counter.nfe
 
 
 def _functional_ok(score: ScoreFn) -> bool:
