@@ -143,22 +143,47 @@ class _Stages:
         return time.process_time() - self.cpu_start
 
 
-def _prepare(folder: Path) -> None:
-    """Make ``folder`` empty of a previous demo; refuse to touch a folder that is not one."""
-    if folder.exists():
-        if not folder.is_dir():
-            raise ValueError(f"--out {str(folder)!r} is a file, not a folder")
-        entries = list(folder.iterdir())
-        if entries and not Run.is_run(folder) and not (folder / "report.md").is_file():
-            raise ValueError(
-                f"--out {str(folder)!r} exists and is not a scidiff demo folder; choose another --out or remove it"
-            )
-        for entry in entries:
+DEMO_MARKER = "demo.json"  # written first into every demo folder: only such folders are replaced
+DEMO_LOCK = "demo.lock"    # held for the whole demo, so a second demo cannot empty the folder under it
+
+
+def _is_demo_folder(folder: Path) -> bool:
+    # report.md: the folders of versions that wrote no marker
+    return (folder / DEMO_MARKER).is_file() or ((folder / "report.md").is_file() and Run.is_run(folder))
+
+
+def _check_out(folder: Path) -> None:
+    """Refuse an ``--out`` that is a file, or a non-empty folder that is not a previous demo."""
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise ValueError(f"--out {str(folder)!r} is a file, not a folder")
+    if any(folder.iterdir()) and not _is_demo_folder(folder):
+        what = "holds a scidiff training run" if Run.is_run(folder) else "is not a scidiff demo folder"
+        raise ValueError(
+            f"--out {str(folder)!r} exists and {what}; the demo replaces only its own folders: choose another "
+            "--out or remove it"
+        )
+
+
+@contextmanager
+def _claim(folder: Path) -> Iterator[None]:
+    """Hold the demo's lock on ``folder`` and empty it of the previous demo, for the ``with`` body."""
+    _check_out(folder)
+    with Run.lock(folder, name=DEMO_LOCK):
+        holder = Run.lock_holder(folder)
+        if holder is not None:
+            raise ValueError(f"--out {str(folder)!r} is being trained into by process {holder[0]} on "
+                             f"{holder[1]!r}; wait for it to finish or choose another --out")
+        for entry in folder.iterdir():
+            if entry.name == DEMO_LOCK:
+                continue
             if entry.is_dir():
                 shutil.rmtree(entry)
             else:
                 entry.unlink()
-    folder.mkdir(parents=True, exist_ok=True)
+        (folder / DEMO_MARKER).write_text(json.dumps({"format": "scidiff-demo", "version": 1}) + "\n")
+        yield
 
 
 def _field_variable(ds: Any) -> str:
@@ -181,7 +206,8 @@ def run_demo(
     """Run the demo into the folder ``out`` and return where everything is.
 
     Args:
-        out: the run folder (replaced if it holds a previous demo or run).
+        out: the run folder: new, empty, or a previous demo's (which is replaced); a folder holding
+            anything else (a training run included) is refused with nothing touched.
         fast: a tiny configuration for smoke tests (about a minute on a CPU).
         steps: training steps, overriding the configuration's.
         seed: seeds the data, the training, the samples and the Hutchinson probes.
@@ -193,7 +219,12 @@ def run_demo(
     if steps is not None:
         cfg.steps = int(steps)
     folder = Path(out)
-    _prepare(folder)
+    with _claim(folder):
+        return _run(folder, cfg, seed=seed, device=device, progress=progress, fast=fast)
+
+
+def _run(folder: Path, cfg: DemoConfig, *, seed: int, device: str | torch.device, progress: bool,
+         fast: bool) -> DemoResult:
     timer = _Stages()
     data_dir = folder / "data"
     fig_dir = folder / "figures"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -134,3 +135,32 @@ def test_demo_refuses_a_folder_that_is_not_a_demo(tmp_path: Path, capsys: pytest
     assert main(["demo", "--fast", "--out", str(tmp_path), "--no-progress"]) == 2
     assert "not a scidiff demo folder" in capsys.readouterr().err
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_demo_refuses_a_training_run_and_leaves_it_whole(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step_00000010").mkdir(parents=True)
+    (run / "run.json").write_text('{"format": "scidiff-run"}')
+    (run / "checkpoints" / "step_00000010" / "weights.bin").write_bytes(b"hours of training")
+    assert main(["demo", "--fast", "--out", str(run), "--no-progress"]) == 2
+    assert "holds a scidiff training run" in capsys.readouterr().err
+    assert (run / "checkpoints" / "step_00000010" / "weights.bin").read_bytes() == b"hours of training"
+    assert (run / "run.json").is_file() and not (run / "demo.json").exists()
+
+
+@pytest.mark.parametrize("lock", ["lock", "demo.lock"])
+def test_demo_refuses_a_folder_another_process_is_writing(tmp_path: Path, lock: str,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A previous demo's folder is not emptied while a training (lock) or another demo (demo.lock) holds it."""
+    from scidiff.runs import Run
+
+    folder = tmp_path / "demo"
+    folder.mkdir()
+    (folder / "demo.json").write_text('{"format": "scidiff-demo", "version": 1}\n')
+    (folder / "samples.nc").write_bytes(b"being written")
+    with Run.lock(folder, name=lock):  # held through an OS lock, as by another process
+        assert main(["demo", "--fast", "--out", str(folder), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert str(os.getpid()) in err and ("wait for it to finish" in err)
+        assert (folder / "samples.nc").read_bytes() == b"being written"
+    assert not (folder / lock).exists()

@@ -338,7 +338,7 @@ class Run:
 
     @staticmethod
     @contextmanager
-    def lock(path: str | os.PathLike[str]) -> Iterator[Path]:
+    def lock(path: str | os.PathLike[str], *, name: str = LOCK_FILE) -> Iterator[Path]:
         """Hold ``path/lock`` while training (or writing) into the folder, so that a second process cannot.
 
         The lock file holds the owner's pid and host, and its owner holds an OS lock on it
@@ -346,13 +346,14 @@ class Run:
         when the owner has gone, however it ended (kill -9 included): a file whose OS lock is
         free is taken over, one whose lock is held raises a RunError naming the pid and host.
         Where ``fcntl`` is missing (Windows) a file left by a process that no longer runs on
-        this host is taken over instead.  Under torchrun only rank 0 takes the lock.
+        this host is taken over instead.  Under torchrun only rank 0 takes the lock.  ``name``
+        is the lock file's name (``scidiff demo`` holds its own, ``demo.lock``, around the run).
         """
         folder = Path(path)
         if folder.exists() and not folder.is_dir():
             raise RunError(f"{str(folder)!r} is a file, not a folder for the run")
         folder.mkdir(parents=True, exist_ok=True)
-        file = folder / LOCK_FILE
+        file = folder / name
         if int(os.environ.get("RANK", "0")) != 0:
             yield file
             return
@@ -367,7 +368,7 @@ class Run:
                 pid, owner_host = _lock_owner(file)
                 raise RunError(
                     f"run folder {str(folder)!r} is locked by process {pid} on {owner_host!r} (its file "
-                    f"{LOCK_FILE!r}); wait for it to finish"
+                    f"{name!r}); wait for it to finish"
                 ) from None
         else:  # pragma: no cover - lost a race three times
             raise RunError(f"run folder {str(folder)!r}: could not take its lock")
@@ -376,6 +377,17 @@ class Run:
         finally:
             file.unlink(missing_ok=True)
             os.close(fd)
+
+    @staticmethod
+    def lock_holder(path: str | os.PathLike[str], *, name: str = LOCK_FILE) -> tuple[int | None, str | None] | None:
+        """(pid, host) of the live process holding ``path/name``, or None when no process holds it.
+
+        A lock file its owner has left (the process ended) is removed, as :meth:`lock` would.
+        """
+        file = Path(path) / name
+        if not file.exists() or _take_over_if_stale(file, socket.gethostname()):
+            return None
+        return _lock_owner(file)
 
     @staticmethod
     def is_run(path: str | os.PathLike[str]) -> bool:
