@@ -281,6 +281,7 @@ def loglik(
     evidence lower bound E_q[log p(x | z) + log p(z) - log q(z | x)] <= log p(x)
     (:meth:`scidiff.latent.LatentDiffusion.log_likelihood_bound`, ``bound_samples`` draws of z
     per field), its standard error from the draws, and the attribute ``log_prob_is_lower_bound`` = 1.
+    For a conditional latent run the bound is on log p(x | theta), theta read from ``data``.
 
     Args:
         run: a :class:`Run`, its folder, or a :class:`LoadedModel`.
@@ -347,10 +348,11 @@ def loglik(
             generator = torch.Generator(device=loaded.device).manual_seed(int(seed) * 1_000_003 + b0)
             try:
                 if loaded.latent is not None:
-                    if chunk.cond is not None:
-                        raise ValueError("the bound of a conditional latent run is not available yet")
+                    # the latent model is conditioned as in training: on the normalised parameters
+                    cond = None if chunk.cond is None else loaded.run.condition(
+                        torch.as_tensor(chunk.cond).to(device=loaded.device, dtype=dtype))
                     res = loaded.latent.log_likelihood_bound(
-                        z.to(device=loaded.device, dtype=dtype), samples=bound_samples, generator=generator,
+                        z.to(device=loaded.device, dtype=dtype), samples=bound_samples, generator=generator, cond=cond,
                         divergence=divergence, probes=probes, spacing=spacing, target_se=target_se, rtol=rtol,
                         atol=atol, t_min=t_min, time_variable=time_variable, **quadrature,
                     )
