@@ -9,7 +9,13 @@ latent score model give a bound below the exact log p, within its standard error
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -130,6 +136,48 @@ def test_checkpoint_round_trip_and_resume(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), resumed.ema_model(x), rtol=0, atol=0)
     torch.testing.assert_close(loaded.decoder_log_var, resumed.ema_model.decoder_log_var)
+
+
+def _torchrun(args: list[str]) -> subprocess.CompletedProcess[str]:
+    """``python -m torch.distributed.run --nproc_per_node=2 ARGS`` on gloo, single-threaded, a free port."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    repo = Path(__file__).resolve().parents[1]
+    env["PYTHONPATH"] = str(repo) + os.pathsep + env.get("PYTHONPATH", "")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={port}", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_latent_run_trains_under_torchrun_and_resumes(tmp_path: Path) -> None:
+    """`torchrun --nproc_per_node 2 -m scidiff.cli train --latent ...`: one clean run folder (rank 0
+    writes it), both models at the requested step, and a resume under torchrun continues both."""
+    import xarray as xr
+
+    g = GaussianRandomField(8, dims=2, slope=2.0).sample(32, seed=0).numpy()
+    data = tmp_path / "rho.nc"
+    xr.Dataset({"rho": (("sample", "y", "x"), 5.0 + 2.0 * g)}).to_netcdf(data, engine="h5netcdf")
+    run = tmp_path / "run"
+    common = ["-m", "scidiff.cli", "train", "--data", str(data), "--var", "rho", "--out", str(run), "--periodic",
+              "--base-channels", "8", "--channel-mults", "1,2", "--no-attention", "--batch-size", "8",
+              "--warmup-steps", "1", "--latent", "factor=2,channels=2,base_channels=8", "--no-progress"]
+    # log_every (100) exceeds the steps: one history entry at the end of each training
+    for steps, extra, logged in ((4, [], [4]), (6, ["--resume"], [4, 6])):
+        proc = _torchrun([*common, "--steps", str(steps), *extra])
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert sorted(p.name for p in run.iterdir()) == sorted(
+            ["autoencoder", "checkpoints", "config.toml", "latent.json", "latest", "run.json"])
+        ae_meta = json.loads((run / "autoencoder" / "autoencoder.json").read_text())
+        assert ae_meta["step"] == steps and [e["step"] for e in ae_meta["history"]] == logged
+        assert sorted(p.name for p in (run / "checkpoints").iterdir())[-1] == f"step_{steps:08d}"
+        info = json.loads((run / "latent.json").read_text())
+        assert info["latent_shape"] == [2, 4, 4] and all(s > 0 for s in info["latent_scale"])
+    loaded = sd.runs.Run.open(run).load()
+    assert loaded.checkpoint.step == 6 and loaded.latent is not None
 
 
 def test_fitted_decoder_variance_is_the_mean_squared_residual():

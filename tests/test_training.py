@@ -468,6 +468,43 @@ def test_ddp_two_ranks_end_with_identical_weights(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_00000004"]
 
 
+@pytest.mark.slow
+def test_ddp_two_ranks_train_one_autoencoder(tmp_path: Path) -> None:
+    """torchrun with 2 gloo ranks training the latent autoencoder (different initial weights,
+    data shards and z draws): rank 0's weights are broadcast and the gradients averaged, so both
+    end with the same raw and EMA weights, history and decoder variance, written once by rank 0."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    repo = Path(__file__).resolve().parents[1]
+    env["PYTHONPATH"] = str(repo) + os.pathsep + env.get("PYTHONPATH", "")
+    steps = 4
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", "-m", "scidiff.training.ddp_check", "--out", str(tmp_path),
+           "--steps", str(steps), "--autoencoder"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r0, r1 = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r0["world_size"], r1["world_size"]] == [2, 2] and [r0["step"], r1["step"]] == [steps, steps]
+    assert r0["initial_parameters"] != r1["initial_parameters"]  # the ranks did start apart
+    assert r0["raw"] == r1["raw"] and r0["ema"] == r1["ema"]
+    assert r0["raw_parameters"] != r0["initial_parameters"]  # it trained
+    assert len(r0["losses"]) == steps // 2 and r0["losses"] == r1["losses"]  # log_every=2, averaged over ranks
+    assert all(math.isfinite(v) for v in r0["losses"])
+    assert r0["decoder_log_var"] == r1["decoder_log_var"] == r0["ema_decoder_log_var"]
+    assert r0["decoder_log_var"] != [0.0]  # fitted
+    # rank 0 alone wrote: at steps 2 and 4 (checkpoint_every=2) and after the variance fit
+    assert r0["checkpoint_writes"] == steps // 2 + 1 and r1["checkpoint_writes"] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["autoencoder", "rank0.json", "rank1.json"]
+    from scidiff.latent import load_autoencoder
+    from scidiff.training.ddp_check import weights_sha256
+
+    meta = json.loads((tmp_path / "autoencoder" / "autoencoder.json").read_text())
+    assert meta["step"] == steps and [e["loss"] for e in meta["history"]] == r0["losses"]
+    assert weights_sha256(load_autoencoder(tmp_path / "autoencoder", ema=False)) == r0["raw"]
+    ema = load_autoencoder(tmp_path / "autoencoder")
+    assert weights_sha256(ema) == r0["ema"] and ema.decoder_log_var.tolist() == r0["decoder_log_var"]
+
+
 def test_dataloader_input_normalizer_pickup_and_bf16_on_cpu(tmp_path: Path) -> None:
     """A ready DataLoader is used as it is; its normaliser is saved; bf16 falls back to fp32 on a CPU."""
     from torch.utils.data import DataLoader, TensorDataset

@@ -4,8 +4,9 @@ The optimiser options are a :class:`~scidiff.training.TrainConfig` (steps, batch
 learning rate with warm-up and decay, gradient clipping, EMA, seed, checkpoint interval); the
 batches come from :class:`~scidiff.training.batches.BatchSource`, so the batch of step k
 depends only on (seed, k) and a resumed training sees the batches an uninterrupted one would;
-the draw z ~ q(z | x) of step k comes from a generator seeded from (seed, k).  After the last
-step the EMA weights are kept and the decoder variance is fitted on held-out fields.
+the draw z ~ q(z | x) of step k comes from a generator seeded from (seed, k) (from
+(seed, rank, k) under torchrun).  After the last step the EMA weights are kept and the decoder
+variance is fitted on held-out fields.
 
 A checkpoint is a directory (written atomically)::
 
@@ -22,11 +23,13 @@ import copy
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from scidiff._atomic import atomic_directory, write_bytes
@@ -36,6 +39,7 @@ from scidiff.latent.losses import AutoencoderLoss, autoencoder_loss
 from scidiff.training.batches import BatchSource, Data
 from scidiff.training.checkpoint import CheckpointError, _decode, _encode, _safetensors_bytes
 from scidiff.training.config import TrainConfig
+from scidiff.training.distributed import DistContext, setup
 from scidiff.training.ema import EMA
 from scidiff.training.trainer import TrainingDiverged, _fold, lr_at
 
@@ -56,6 +60,16 @@ class AutoencoderTrainer:
         loss: the loss weights (KL, spectral).
         checkpoint: a directory to write the checkpoint to (replaced at every save); None for none.
         resume: continue from ``checkpoint`` if it exists.
+
+    Under ``torchrun`` (RANK / WORLD_SIZE set) the process group is started (or reused) as for
+    the diffusion :class:`~scidiff.training.Trainer`, with the autoencoder on the device it is
+    already on (``cuda:LOCAL_RANK`` for NCCL): rank 0's weights and buffers (raw and EMA) are
+    broadcast after construction (and after a resume), each rank draws ``batch_size /
+    world_size`` fields of its shard per step and its own z ~ q(z | x) (seed folded with the
+    rank), the gradients are averaged over ranks before clipping, so every rank takes the same
+    optimiser step; the logged loss is the mean over all ranks (the same history everywhere);
+    the decoder variance is rank 0's fit, broadcast; only rank 0 shows progress and writes the
+    checkpoint, and every rank waits for its last write before :meth:`fit` returns.
     """
 
     def __init__(self, autoencoder: Autoencoder, config: TrainConfig | None = None, *,
@@ -65,6 +79,12 @@ class AutoencoderTrainer:
             raise TypeError(f"autoencoder must be a scidiff.latent.Autoencoder, got {type(autoencoder).__name__}")
         self.model = autoencoder
         self.config = TrainConfig() if config is None else config
+        self.dist: DistContext = setup()
+        if self.config.batch_size % self.dist.world_size:
+            raise ValueError(
+                f"TrainConfig.batch_size={self.config.batch_size} must be divisible by the number of ranks "
+                f"({self.dist.world_size})"
+            )
         self.loss = AutoencoderLoss() if loss is None else loss
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.config.lr,
                                            weight_decay=self.config.weight_decay)
@@ -73,11 +93,14 @@ class AutoencoderTrainer:
         self.history: list[dict[str, float]] = []
         self.checkpoint = None if checkpoint is None else Path(checkpoint)
         self.generator = torch.Generator(device=next(self.model.parameters()).device)
+        self.on_save: Callable[[Path], None] | None = None
+        """Called with the checkpoint directory after each write (rank 0 only)."""
         if resume:
             if self.checkpoint is None:
                 raise ValueError("resume=True needs a checkpoint directory")
             if (self.checkpoint / META_FILE).exists():
                 self._load_state(self.checkpoint)
+        self._broadcast_state()
 
     @property
     def ema_model(self) -> Autoencoder:
@@ -89,15 +112,49 @@ class AutoencoderTrainer:
         cfg = self.config
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(cfg, self.step)
-        self.generator.manual_seed(_fold(cfg.seed, "autoencoder", self.step))
+        # a single process keeps the seed stream of (seed, step); ranks fold their rank in
+        seed = (_fold(cfg.seed, "autoencoder", self.dist.rank, self.step) if self.dist.distributed
+                else _fold(cfg.seed, "autoencoder", self.step))
+        self.generator.manual_seed(seed)
         loss = autoencoder_loss(self.model, x, self.loss, generator=self.generator).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self._average_gradients()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
         self.optimizer.step()
         self.step += 1
         self.ema.update(self.model, self.step)
         return loss.detach()
+
+    # ---- several processes ---------------------------------------------------------------
+    @torch.no_grad()
+    def _broadcast_state(self) -> None:
+        """Copy rank 0's parameters and buffers, raw and EMA, onto every rank (no-op for one process)."""
+        if not self.dist.distributed:
+            return
+        for module in (self.model, self.ema.module):
+            for tensor in [*module.parameters(), *module.buffers()]:
+                dist.broadcast(tensor.data, src=0)
+
+    @torch.no_grad()
+    def _average_gradients(self) -> None:
+        """Replace every gradient by its mean over the ranks (no-op for one process).
+
+        The loss calls ``encode`` and ``decode``, never ``forward``, so DistributedDataParallel's
+        hooks would not fire: the gradients are packed into one flat buffer, all-reduced in a
+        single call and unpacked.  Every rank runs the same graph, so the parameters holding a
+        gradient are the same on every rank.
+        """
+        if not self.dist.distributed:
+            return
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.dist.world_size
+        for g, part in zip(grads, flat.split([g.numel() for g in grads])):
+            g.copy_(part.view_as(g))
 
     def fit(self, data: Data, *, val_data: Tensor | None = None, until: int | None = None,
             progress: bool = True) -> list[dict[str, float]]:
@@ -105,15 +162,18 @@ class AutoencoderTrainer:
 
         With ``val_data`` the EMA model's decoder variance is fitted on it at the end (else on
         the training tensor, if ``data`` is one).  History entries: {"step", "loss"} every
-        ``log_every`` steps (mean over those steps).
+        ``log_every`` steps (mean over those steps and, under torchrun, over all ranks).
         """
         cfg = self.config
         end = cfg.steps if until is None else min(int(until), cfg.steps)
-        source = BatchSource(data, batch_size=cfg.batch_size, seed=cfg.seed, name="autoencoder training data")
+        world = self.dist.world_size
+        source = BatchSource(data, batch_size=cfg.batch_size // world, seed=cfg.seed, rank=self.dist.rank,
+                             world_size=world, name="autoencoder training data")
         batches = source.batches(source.start_position(self.step))
         param = next(self.model.parameters())
         self.model.train()
-        bar = progress_bar(end, "train autoencoder", enabled=progress and end > self.step, initial=self.step)
+        show = progress and self.dist.is_main and end > self.step
+        bar = progress_bar(end, "train autoencoder", enabled=show, initial=self.step)
         running = torch.zeros((), dtype=torch.float64, device=param.device)
         count = 0
         try:
@@ -123,7 +183,10 @@ class AutoencoderTrainer:
                 running += self.train_step(x).double()
                 count += 1
                 if self.step % cfg.log_every == 0 or self.step == end:
-                    mean = float(running) / count
+                    total = running.clone()
+                    if self.dist.distributed:
+                        dist.all_reduce(total)  # the same mean on every rank
+                    mean = float(total) / (count * world)
                     if not math.isfinite(mean):
                         raise TrainingDiverged(
                             f"autoencoder loss is {mean} at step {self.step}; try a lower lr or longer warmup_steps",
@@ -142,16 +205,30 @@ class AutoencoderTrainer:
             gen = torch.Generator(device=param.device).manual_seed(_fold(cfg.seed, "decoder variance"))
             var = self.ema_model.fit_decoder_variance(held_out.to(device=param.device, dtype=param.dtype),
                                                       generator=gen)
+            if self.dist.distributed:
+                # every rank fitted the same weights on the same fields with the same draws; rank 0's
+                # value is sent anyway so that kernels that do not reproduce bitwise cannot split them
+                dist.broadcast(var, src=0)
+                self.ema_model.decoder_log_var.copy_(var.log())
             self.model.decoder_log_var.copy_(var.log())
         if self.checkpoint is not None:
             self.save(self.checkpoint)
+        self.dist.barrier()  # no rank goes on to read the checkpoint before rank 0 has written it
         return self.history
 
     # ---- checkpoints -------------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
-        """Write the checkpoint directory ``path`` (weights, EMA, optimiser, history)."""
-        return save_autoencoder(path, self.model, ema=self.ema_model, step=self.step, config=self.config,
-                                loss=self.loss, history=self.history, optimizer=self.optimizer)
+    def save(self, path: str | Path) -> Path | None:
+        """Write the checkpoint directory ``path`` (weights, EMA, optimiser, history).
+
+        Rank 0 only: the other ranks write nothing and return None.
+        """
+        if not self.dist.is_main:
+            return None
+        target = save_autoencoder(path, self.model, ema=self.ema_model, step=self.step, config=self.config,
+                                  loss=self.loss, history=self.history, optimizer=self.optimizer)
+        if self.on_save is not None:
+            self.on_save(target)
+        return target
 
     def _load_state(self, path: Path) -> None:
         meta, tensors = _read(path)
@@ -168,9 +245,15 @@ def train_autoencoder(autoencoder: Autoencoder, data: Data, config: TrainConfig 
                       loss: AutoencoderLoss | None = None, val_data: Tensor | None = None,
                       checkpoint: str | Path | None = None, resume: bool = False,
                       progress: bool = True) -> Autoencoder:
-    """Train ``autoencoder`` on ``data`` and return the EMA autoencoder (decoder variance fitted)."""
+    """Train ``autoencoder`` on ``data`` and return the EMA autoencoder (decoder variance fitted).
+
+    Under torchrun, a process group started here is closed at the end.
+    """
     trainer = AutoencoderTrainer(autoencoder, config, loss=loss, checkpoint=checkpoint, resume=resume)
-    trainer.fit(data, val_data=val_data, progress=progress)
+    try:
+        trainer.fit(data, val_data=val_data, progress=progress)
+    finally:
+        trainer.dist.close()
     return trainer.ema_model
 
 

@@ -10,6 +10,11 @@ fields in the data's units and ``loglik`` reports the evidence lower bound.
 Both trainings see the same normalised training split; the autoencoder's decoder variance is
 fitted on the validation split (else on the training split).  The training fields are held in
 memory once, as a tensor, and their latents too.
+
+Under torchrun both trainings run on every rank (:class:`~scidiff.latent.AutoencoderTrainer`
+and :class:`~scidiff.training.Trainer` synchronise them), every rank encodes the training
+fields itself (the same latents from the same weights), and only rank 0 holds the lock and
+writes the run's files: ``run.json``, ``config.toml``, ``latent.json`` and the checkpoints.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from scidiff.runs.options import CONFIG_FILE, DataOptions, ModelOptions, write_c
 from scidiff.runs.run import AUTOENCODER_DIR, LATENT_FILE, RUN_ENTRIES, Run, _remove
 from scidiff.runs.train import TrainSummary, check_resumable, open_training_data, usable_device
 from scidiff.training import TrainConfig, Trainer
+from scidiff.training.distributed import DistContext, setup
 
 __all__ = ["LatentOptions", "parse_latent", "train_latent"]
 
@@ -114,7 +120,9 @@ def train_latent(
     The run folder, its lock, ``--resume`` (both trainings continue from their checkpoints)
     and ``--overwrite`` behave as for :func:`scidiff.runs.train`.  The spatial sizes must be
     multiples of ``latent.factor`` (and, for a periodic UNet, the latent sizes multiples of the
-    UNet's ``multiple``).
+    UNet's ``multiple``).  Under torchrun the process group is started here (after every rank
+    has checked the folder, so before rank 0 writes into it) and closed at the end; without
+    ``device`` each rank trains on ``cuda:LOCAL_RANK`` with CUDA, else on the CPU.
     """
     start = time.perf_counter()
     run_dir = Path(run_dir)
@@ -129,30 +137,36 @@ def train_latent(
     latent_spatial = tuple(n // latent.factor for n in spatial)
     if model.periodic:
         check_spatial_size(latent_spatial, model.multiple, source=f"the latent grid of {source.path.name}")
-    dev = usable_device(device) or torch.device("cpu")
+    dev = usable_device(device)
     if resume and Run.is_run(run_dir):
         check_resumable(Run.open(run_dir), data, model, source)
     created = not run_dir.exists()
-    with Run.lock(run_dir):
-        aside = Run.set_aside(run_dir) if overwrite else None
-        try:
-            trainer, run, n_train = _train_both(run_dir, source, data, model, train, latent, ae, dev,
-                                                resume=resume, progress=progress)
-        except BaseException:
-            if aside is not None and aside.exists():
-                Run.put_back(run_dir, aside)
-            elif created and CheckpointFolder(run_dir).latest() is None:
-                for name in RUN_ENTRIES:
-                    _remove(run_dir / name)
-            raise
-        Run.drop_aside(aside)
+    ctx = setup()  # under torchrun a rendezvous: every rank has passed the checks above
+    try:
+        if dev is None:
+            dev = ctx.default_device() if ctx.distributed else torch.device("cpu")
+        with Run.lock(run_dir):  # rank 0's alone
+            aside = Run.set_aside(run_dir) if overwrite and ctx.is_main else None
+            try:
+                trainer, run, n_train = _train_both(run_dir, source, data, model, train, latent, ae, dev, ctx,
+                                                    resume=resume, progress=progress and ctx.is_main)
+            except BaseException:
+                if aside is not None and aside.exists():
+                    Run.put_back(run_dir, aside)
+                elif ctx.is_main and created and CheckpointFolder(run_dir).latest() is None:
+                    for name in RUN_ENTRIES:
+                        _remove(run_dir / name)
+                raise
+            Run.drop_aside(aside)
+    finally:
+        ctx.close()
     return TrainSummary(run=run, step=trainer.step, history=trainer.history, seconds=time.perf_counter() - start,
                         num_train=n_train, num_val=0, parameters=count_parameters(trainer.model.net))
 
 
 def _train_both(run_dir: Path, source: Any, data: DataOptions, model: ModelOptions, train: TrainConfig,
-                latent: LatentOptions, ae: Autoencoder, device: torch.device, *, resume: bool,
-                progress: bool) -> tuple[Trainer, Run, int]:
+                latent: LatentOptions, ae: Autoencoder, device: torch.device, ctx: DistContext, *,
+                resume: bool, progress: bool) -> tuple[Trainer, Run, int]:
     split = dict(val_fraction=data.val_fraction, seed=data.split_seed)
     train_plain = FieldDataset(source, split="train", **split)
     normalizer = Normalizer.fit(train_plain, log=data.log, progress=progress)
@@ -179,9 +193,10 @@ def _train_both(run_dir: Path, source: Any, data: DataOptions, model: ModelOptio
     ae_cfg = train.replace(steps=latent.steps or train.steps, lr=latent.lr or train.lr)
     ae_trainer = AutoencoderTrainer(ae, ae_cfg, loss=AutoencoderLoss(latent.kl_weight, latent.spectral_weight),
                                     checkpoint=run_dir / AUTOENCODER_DIR, resume=resume)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    run.save()
-    write_config(run_dir / CONFIG_FILE, data, model, train)
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        run.save()
+        write_config(run_dir / CONFIG_FILE, data, model, train)
     ae_trainer.fit(x_train.to(device), val_data=None if x_val is None else x_val.to(device), progress=progress)
     encoder = ae_trainer.ema_model
 
@@ -195,7 +210,8 @@ def _train_both(run_dir: Path, source: Any, data: DataOptions, model: ModelOptio
     u = (torch.cat(means) - shift.reshape(view)) / scale.reshape(view)
     info = {"format": "scidiff-latent", "version": 1, "options": dataclasses.asdict(latent),
             "latent_shift": shift.tolist(), "latent_scale": scale.tolist(), "latent_shape": list(u.shape[1:])}
-    write_text_atomically(run_dir / LATENT_FILE, json.dumps(info, indent=1))
+    if ctx.is_main:
+        write_text_atomically(run_dir / LATENT_FILE, json.dumps(info, indent=1))
 
     # 3. the score model on u
     score_model = model.build(latent.channels, len(source.spatial_shape), len(source.cond_names), seed=train.seed)
