@@ -16,6 +16,11 @@ lattice estimator (16 products) -- in units of one one-probe Hutchinson evaluati
 batch, from 16x16 to 64x64; and the whole exact log-likelihood with the divergence on the path
 (``nodes=16``) against the joint solve's evaluations.
 
+Section "products": one basis product of the exact trace at 32x32, batch 16, taken each way
+(autograd over the retained graph, ``torch.func.vmap`` over ``vjp`` or over ``jvp`` with
+stacks of 4-64 basis vectors), in one-probe Hutchinson evaluations: the floor of the exact
+trace's cost per evaluation on this device.
+
 Section "quadrature": the divergence by the trapezoid rule on the path (``nodes=``) against
 the joint solve, on a GRF with its exact score and trace and on a Gaussian mixture: error
 against the closed-form density, evaluations, and the reported quadrature error.
@@ -29,10 +34,15 @@ Section "demo": the user's path, ``scidiff.runs.loglik`` (what ``scidiff loglik`
 ``scidiff demo`` run's held-out fields, each estimator against the same model's exact trace
 and the exact density (``--demo-run scidiff-demo``).
 
+Section "flow": the demo run's network against the exact score of the same field (FFT): NFE of
+the joint solve per tolerance, in t and in log-SNR, and each one's log p error against its own
+float64 solve at 1e-8, so that equal tolerance and equal accuracy can both be read off
+(``--demo-run scidiff-demo``).
+
 Section "tolerance": the ODE solver's own per-field error (exact score, exact trace, exact p_1)
 against the tolerance, on a Gaussian random field.
 
-    python benchmarks/bench_likelihood.py [--quick] [--only likelihood,trace,tolerance,estimators,quadrature,demo]
+    python benchmarks/bench_likelihood.py [--quick] [--only likelihood,trace,products,tolerance,estimators,quadrature,demo,flow]
         [--demo-run scidiff-demo] [--json out.json]
 """
 
@@ -49,7 +59,9 @@ import torch
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Section, make_unet, median, parse_script_args, report, script_parser, timed  # noqa: E402
+from _common import (  # noqa: E402
+    Section, clock_name, make_unet, median, parse_script_args, report, script_parser, timed,
+)
 
 SPEEDUP_GOAL = 4.0
 TRACE_GOAL = 0.3
@@ -117,6 +129,19 @@ def likelihood_problem(quick: bool, checkpoint: Path | None, device: torch.devic
     exists, else a random-output UNet on GRF fields (or white noise)."""
     import scidiff as sd
 
+    if checkpoint is not None and checkpoint.is_dir():
+        # a `scidiff demo` (or `scidiff train`) run folder: its EMA model on its held-out fields,
+        # normalised as the model sees them
+        import xarray as xr
+
+        from scidiff import runs
+
+        loaded = runs.as_loaded(checkpoint, device=device)
+        with xr.open_dataset(checkpoint / "data" / "heldout.nc") as ds:
+            var = [v for v in ds.data_vars if ds[v].ndim >= 3][0]
+            fields = torch.as_tensor(ds[var].values[:batch]).float()
+        x = loaded.normalizer.forward(fields.unsqueeze(1) if fields.ndim == 3 else fields).to(device)
+        return loaded.model.score, loaded.model.sde, x, f"the demo run's model ({checkpoint}) at {x.shape[-1]}x{x.shape[-1]}"
     if checkpoint is not None and checkpoint.is_file():
         from bench_accuracy import load_model
 
@@ -304,6 +329,89 @@ def run_trace(*, quick: bool = False, device: torch.device | str = "cpu", sizes:
         "score forward in that unit), and exact_nodes_per_D = that cost / (joint_nfe D): per field and per "
         "evaluation of the joint one-probe solve (rtol 1e-3) it replaces, in D one-probe evaluations"
     )
+    section.seconds = time.perf_counter() - started
+    return section
+
+
+def run_products(*, quick: bool = False, device: torch.device | str = "cpu", size: int | None = None,
+                 batch: int = 16, repeats: int | None = None) -> Section:
+    """What one basis product of the exact trace costs, by each way of taking it, against one
+    one-probe Hutchinson evaluation (a forward and one VJP) at the same batch: the floor of the
+    exact trace's cost per evaluation on this device."""
+    device = torch.device(device)
+    size = size or (8 if quick else 32)
+    repeats = repeats or (1 if quick else 3)
+    stacks = (2, 4) if quick else (4, 16, 64)
+    net = make_unet(quick, device=device, attention_levels=())
+    for p in net.parameters():
+        p.requires_grad_(False)
+    import scidiff as sd
+
+    score = sd.ScoreModel(net, sd.VPSDE(), prediction="v").score
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(batch, 1, size, size, generator=gen, device=device)
+    t = torch.full((batch,), 0.5, device=device)
+
+    def f(z: Tensor) -> Tensor:
+        return score(z, t)
+
+    def clock(fn: Callable[[], object]) -> float:
+        fn()
+        return median([timed(fn, device)[0] for _ in range(repeats)])
+
+    def hutchinson() -> None:
+        xi = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            torch.autograd.grad(f(xi), xi, torch.ones_like(x))
+
+    with torch.no_grad():
+        forward = clock(lambda: f(x))
+    unit = clock(hutchinson)
+    section = Section(
+        name="products",
+        title=f"one basis product of the exact trace at {size}x{size}, batch {batch}, in one-probe Hutchinson "
+              "evaluations (= the exact trace's cost per evaluation in D such evaluations)",
+        columns=["way", "stack", "ms_per_product", "per_D"],
+        goal=f"<= {TRACE_GOAL} (the exact trace's goal per evaluation)",
+    )
+    started = time.perf_counter()
+
+    def add(way: str, stack: int, k_small: int, k_large: int, run: Callable[[int], None]) -> None:
+        # the difference of two runs with k_small and k_large stacks removes the shared forward
+        a, b = clock(lambda: run(k_small)), clock(lambda: run(k_large))
+        per = (b - a) / ((k_large - k_small) * stack)
+        section.rows.append({"way": way, "stack": stack, "ms_per_product": 1e3 * per, "per_D": per / unit})
+
+    def retained(k: int) -> None:
+        xi = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            s = f(xi)
+        for _ in range(k):
+            torch.autograd.grad(s, xi, torch.zeros_like(x), retain_graph=True)
+
+    add("autograd, one product at a time over the retained graph (the CPU default)", 1, 2, 6, retained)
+    for k in stacks:
+        def pullback(n: int, k: int = k) -> None:
+            _, pb = torch.func.vjp(f, x)
+            batched = torch.func.vmap(pb)
+            for _ in range(n):
+                batched(torch.zeros(k, *x.shape, device=device))
+
+        def forward_mode(n: int, k: int = k) -> None:
+            batched = torch.func.vmap(lambda v: torch.func.jvp(f, (x,), (v,))[1])
+            for _ in range(n):
+                batched(torch.zeros(k, *x.shape, device=device))
+
+        add("torch.func.vmap over vjp (reverse mode; the CUDA default)", k, 1, 3, pullback)
+        add("torch.func.vmap over jvp (forward mode)", k, 1, 3, forward_mode)
+    section.notes += [
+        f"one-probe Hutchinson evaluation {1e3 * unit:.1f} ms, one score forward {1e3 * forward:.1f} ms "
+        f"({forward / unit:.2f} evaluations); small UNet without attention at random weights; clock: "
+        f"{clock_name()}; torch threads {torch.get_num_threads()}",
+        "a basis product is at least a backward (or a tangent pass) through the network, about one forward, "
+        "while an evaluation is a forward and a backward: D products cost about D/2 evaluations unless stacking "
+        "products makes each one cheaper, which needs spare parallel width at this batch (a GPU)",
+    ]
     section.seconds = time.perf_counter() - started
     return section
 
@@ -538,10 +646,89 @@ def run_demo(run_dir: Path, *, n: int = 64, batch_size: int = 64, exact_n: int |
     return section
 
 
+# ---- the network's flow against the truth's: evaluations and accuracy per tolerance --------------
+def run_flow(run_dir: Path, *, n: int = 8, tolerances: tuple[float, ...] = (1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 1e-6),
+             time_variables: tuple[str, ...] = ("t", "logsnr")) -> Section:
+    """NFE of the joint solve (one-probe Hutchinson, dopri5) with the demo run's network and with
+    the exact score of the same Gaussian random field (FFT), and the per-field log p error of each
+    against its own float64 solve at rtol = atol = 1e-8 (same probe): what the extra evaluations
+    of the network buy."""
+    import copy
+
+    import xarray as xr
+
+    import scidiff as sd
+    from scidiff import runs
+    from scidiff.simulators import GaussianRandomField
+
+    run_dir = Path(run_dir)
+    loaded = runs.Run.open(run_dir).load()
+    with xr.open_dataset(run_dir / "data" / "heldout.nc") as ds:
+        var = [v for v in ds.data_vars if ds[v].ndim >= 3][0]
+        fields = torch.as_tensor(ds[var].values[:n]).float()
+        slope = float(ds["slope"].values.reshape(-1)[0])
+        amplitude = float(ds["amplitude"].values.reshape(-1)[0])
+    x = loaded.normalizer.forward(fields[:, None])
+    shift, scale = float(loaded.normalizer.mean[0]), float(loaded.normalizer.std[0])
+    grf = GaussianRandomField(fields.shape[-1], dims=2, slope=slope, amplitude=amplitude)
+    sde = loaded.model.sde
+    d = x[0].numel()
+
+    def exact(z: Tensor, t: Tensor) -> Tensor:
+        # z = (g - shift) / scale with g ~ GRF: scale z_t + alpha shift = alpha g + scale sigma eps
+        c = sde.coefficients(t)
+        a, sg = c.alpha.double(), c.sigma.double()
+        g_t = scale * z[:, 0].double() + a[:, None, None] * shift
+        return (scale * grf.marginal_score(g_t, a, scale * sg))[:, None].to(z.dtype)
+
+    def bpd(score, z: Tensor, tol: float, variable: str) -> tuple[int, Tensor]:
+        res = sd.log_likelihood(score, sde, z, divergence="hutchinson", rtol=tol, atol=tol, time_variable=variable,
+                                generator=torch.Generator().manual_seed(0))
+        return res.nfe, res.log_prob.double() / (d * math.log(2.0))
+
+    net64 = copy.deepcopy(loaded.model).double()
+    scores = {"network": (loaded.model.score, net64.score), "exact score": (exact, exact)}
+    refs = {k: bpd(s64, x.double(), 1e-8, "t")[1] for k, (_, s64) in scores.items()}
+    section = Section(
+        name="flow",
+        title=f"the network's flow against the exact score's: demo run, first {n} held-out fields, one-probe "
+              "Hutchinson, dopri5",
+        columns=["time_variable", "rtol_atol", "nfe_network", "nfe_exact", "nfe_ratio", "rms_err_network_bpd",
+                 "rms_err_exact_bpd"],
+        goal="the network within 1.5x of the exact score's NFE at the same tolerance",
+    )
+    started = time.perf_counter()
+    for variable in time_variables:
+        for tol in tolerances:
+            row: dict = {"time_variable": variable, "rtol_atol": tol}
+            for key, label in (("network", "network"), ("exact score", "exact")):
+                nfe, lp = bpd(scores[key][0], x, tol, variable)
+                row[f"nfe_{label}"] = nfe
+                row[f"rms_err_{label}_bpd"] = float((lp - refs[key]).square().mean().sqrt())
+            row["nfe_ratio"] = row["nfe_network"] / row["nfe_exact"]
+            section.rows.append(row)
+    # equal accuracy: the fewest evaluations (in t) that reach each error level
+    for level in (3e-4, 1e-4, 3e-5):
+        def fewest(label: str) -> int | None:
+            ok = [r[f"nfe_{label}"] for r in section.rows
+                  if r["time_variable"] == "t" and r[f"rms_err_{label}_bpd"] <= level]
+            return min(ok) if ok else None
+
+        a, b = fewest("network"), fewest("exact")
+        section.notes.append(f"equal accuracy (t): RMS error <= {level:g} bits/dim takes {a} evaluations with the "
+                             f"network, {b} with the exact score" + (f" ({a / b:.2f}x)" if a and b else ""))
+    section.notes.append(
+        "rms_err = per-field RMS of log p (bits/dim) against the same score's float64 solve at rtol = atol = 1e-8 in "
+        "t, with the same probe, so it is the solver's error alone; float32 evaluations put a floor near 1e-5; "
+        f"torch threads {torch.get_num_threads()}")
+    section.seconds = time.perf_counter() - started
+    return section
+
+
 def main() -> None:
     p = script_parser(__doc__)
     p.add_argument("--only", default="likelihood,trace,tolerance,estimators,quadrature")
-    p.add_argument("--checkpoint", type=Path, default=None, help="trained GRF model from bench_accuracy.py")
+    p.add_argument("--checkpoint", type=Path, default=None, help="trained GRF model from bench_accuracy.py, or a run folder (`scidiff demo`)")
     p.add_argument("--demo-run", type=Path, default=None,
                    help="a `scidiff demo` run folder for the section 'demo' (the user's path)")
     args = parse_script_args(p)
@@ -550,6 +737,8 @@ def main() -> None:
         sections.append(run_likelihood(quick=args.quick, device=args.device, checkpoint=args.checkpoint))
     if "trace" in args.only:
         sections.append(run_trace(quick=args.quick, device=args.device))
+    if "products" in args.only:
+        sections.append(run_products(quick=args.quick, device=args.device))
     if "tolerance" in args.only:
         sections.append(run_tolerance(quick=args.quick))
     if "estimators" in args.only:
@@ -560,6 +749,10 @@ def main() -> None:
         if args.demo_run is None:
             p.error("--only demo needs --demo-run FOLDER (made by `scidiff demo`)")
         sections.append(run_demo(args.demo_run))
+    if "flow" in args.only:
+        if args.demo_run is None:
+            p.error("--only flow needs --demo-run FOLDER (made by `scidiff demo`)")
+        sections.append(run_flow(args.demo_run))
     report(sections, args.json)
 
 
