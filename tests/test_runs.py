@@ -1,5 +1,6 @@
 """scidiff.runs: a run folder's files, checkpoints, ``latest`` and pruning, and the library calls the CLI makes.
 
+Under torchrun (2 gloo ranks) rank 0 alone changes the folder of an --overwrite or --resume.
 Also the small shared pieces the runs write with: the TOML writer (round trip through the
 reader) and atomic writing of files and folders.
 """
@@ -7,6 +8,10 @@ reader) and atomic writing of files and folders.
 from __future__ import annotations
 
 import math
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -176,3 +181,82 @@ def test_atomic_writes_leave_nothing_half_done(tmp_path: Path) -> None:
             raise RuntimeError("interrupted")
     assert (folder / "a").read_text() == "1"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "f.txt"] and previous_copies(folder) == []
+
+
+# ---- torchrun ------------------------------------------------------------------------------------
+def test_a_bare_cuda_device_means_the_local_rank_gpu_under_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--device cuda` under torchrun is cuda:LOCAL_RANK on each rank; an indexed device is kept as given."""
+    from scidiff.runs.train import usable_device
+    from scidiff.training.distributed import DistContext, device_for_rank
+
+    assert device_for_rank("cuda", 1) == torch.device("cuda", 1)
+    assert device_for_rank(torch.device("cuda"), 0) == torch.device("cuda", 0)
+    assert device_for_rank("cuda:1", 0) == torch.device("cuda", 1)
+    assert device_for_rank("cuda", None) == torch.device("cuda")  # one process: torch's current GPU
+    assert device_for_rank("cpu", 1) == torch.device("cpu")
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert DistContext.from_env() == DistContext()
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    env = DistContext.from_env()
+    assert (env.rank, env.world_size, env.local_rank, env.is_main) == (3, 4, 1, False)
+    assert usable_device("cpu") == torch.device("cpu")
+    if torch.cuda.device_count() > 1:
+        assert usable_device("cuda") == torch.device("cuda", 1)
+    else:
+        with pytest.raises(ValueError, match=r"^device 'cuda:1' \(--device 'cuda' on local rank 1\) is not usable"):
+            usable_device("cuda")
+    monkeypatch.setenv("RANK", "4")
+    with pytest.raises(ValueError, match=r"RANK=4 must lie in \[0, WORLD_SIZE=4\)"):
+        DistContext.from_env()
+
+
+def _torchrun(args: list[str]) -> subprocess.CompletedProcess[str]:
+    """``python -m torch.distributed.run --nproc_per_node=2 ARGS`` on gloo, single-threaded, a free port."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={port}", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_overwrite_and_resume_under_torchrun_leave_one_clean_run(data_file: Path, tmp_path: Path) -> None:
+    """`torchrun --nproc_per_node 2 -m scidiff.cli train --overwrite` over a run: rank 0 alone sets the old
+    run aside and drops it, so the folder holds the new run only (its options, its one checkpoint, no copy
+    set aside, no lock), and the summary is printed once; a `--resume` under torchrun continues it."""
+    from scidiff.checkpoint import load_checkpoint
+
+    out = tmp_path / "run"
+    data = runs.DataOptions(file=str(data_file), variables=["u"], val_fraction=0.0)
+    model = runs.ModelOptions(base_channels=8, channel_mults=[1, 2], attention=False, periodic=True)
+    runs.train(out, data, model, TrainConfig(steps=3, batch_size=8, warmup_steps=0, checkpoint_every=1, seed=1),
+               progress=False)
+    old = load_checkpoint(out)
+    assert [p.name for p in runs.Run.open(out).checkpoints.steps()] == ["step_00000002", "step_00000003"]
+    common = ["-m", "scidiff.cli", "train", "--data", str(data_file), "--var", "u", "--out", str(out), "--periodic",
+              "--base-channels", "8", "--channel-mults", "1,2", "--no-attention", "--batch-size", "8",
+              "--warmup-steps", "0", "--val-fraction", "0", "--checkpoint-every", "100", "--no-progress"]
+    entries = ["checkpoints", "config.toml", "latest", "run.json"]
+    # the overwrite's one checkpoint, then the resume's beside it (keep_checkpoints = 2)
+    for steps, extra, kept in ((2, ["--overwrite", "--seed", "2"], [2]), (4, ["--resume"], [2, 4])):
+        proc = _torchrun([*common, "--steps", str(steps), *extra])
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        summaries = [line for line in proc.stdout.splitlines() if line.startswith("trained ")]
+        assert len(summaries) == 1 and f" for {steps} steps on 24 fields" in summaries[0], proc.stdout
+        assert proc.stdout.count("run folder: ") == 1
+        assert sorted(p.name for p in out.iterdir()) == entries  # no .overwritten.old-*, no lock
+        assert [p.name for p in runs.Run.open(out).checkpoints.steps()] == [f"step_{k:08d}" for k in kept]
+        _, _, train = runs.read_config(out / "config.toml")
+        assert (train.steps, train.seed) == (steps, 2)
+        loaded = runs.Run.open(out).load()
+        assert loaded.checkpoint.step == steps
+        assert [e["step"] for e in loaded.checkpoint.history] == [2, 4][: steps // 2]
+    new = load_checkpoint(out)
+    assert not torch.equal(next(iter(new.raw_model.parameters())), next(iter(old.raw_model.parameters())))

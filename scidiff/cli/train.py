@@ -107,6 +107,10 @@ def run(args: argparse.Namespace) -> int:
             args.out, data, model, train, resume=args.resume, overwrite=args.overwrite, device=args.device,
             progress=show_progress(args),
         )
+    from scidiff.training.distributed import DistContext
+
+    if not DistContext.from_env().is_main:
+        return 0  # under torchrun rank 0 speaks for all
     last = next((h for h in reversed(summary.history) if "loss" in h), {})
     val = next((h["val_loss"] for h in reversed(summary.history) if "val_loss" in h), None)
     say(

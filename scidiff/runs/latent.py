@@ -122,7 +122,8 @@ def train_latent(
     multiples of ``latent.factor`` (and, for a periodic UNet, the latent sizes multiples of the
     UNet's ``multiple``).  Under torchrun the process group is started here (after every rank
     has checked the folder, so before rank 0 writes into it) and closed at the end; without
-    ``device`` each rank trains on ``cuda:LOCAL_RANK`` with CUDA, else on the CPU.
+    ``device`` each rank trains on ``cuda:LOCAL_RANK`` with CUDA, else on the CPU, and a bare
+    ``device="cuda"`` also means ``cuda:LOCAL_RANK`` (:func:`~scidiff.runs.train.usable_device`).
     """
     start = time.perf_counter()
     run_dir = Path(run_dir)

@@ -346,17 +346,18 @@ class Run:
         when the owner has gone, however it ended (kill -9 included): a file whose OS lock is
         free is taken over, one whose lock is held raises a RunError naming the pid and host.
         Where ``fcntl`` is missing (Windows) a file left by a process that no longer runs on
-        this host is taken over instead.  Under torchrun only rank 0 takes the lock.  ``name``
-        is the lock file's name (``scidiff demo`` holds its own, ``demo.lock``, around the run).
+        this host is taken over instead.  Under torchrun only rank 0 takes the lock (and creates the
+        folder).  ``name`` is the lock file's name (``scidiff demo`` holds its own, ``demo.lock``,
+        around the run).
         """
         folder = Path(path)
         if folder.exists() and not folder.is_dir():
             raise RunError(f"{str(folder)!r} is a file, not a folder for the run")
-        folder.mkdir(parents=True, exist_ok=True)
         file = folder / name
         if int(os.environ.get("RANK", "0")) != 0:
-            yield file
+            yield file  # the folder is rank 0's to create
             return
+        folder.mkdir(parents=True, exist_ok=True)
         host = socket.gethostname()
         for _ in range(3):
             try:

@@ -25,6 +25,7 @@ from scidiff.runs.options import CONFIG_FILE, DataOptions, ModelOptions, write_c
 from scidiff.runs.run import RUN_ENTRIES, Run, RunError, _remove
 from scidiff.checkpoint import CheckpointFolder
 from scidiff.training import TrainConfig, Trainer
+from scidiff.training.distributed import DistContext, device_for_rank, setup
 
 __all__ = ["train", "TrainSummary", "open_training_data"]
 
@@ -105,6 +106,12 @@ def train(
     back if training fails before that.  A first training that fails before any checkpoint
     leaves no folder.
 
+    Under torchrun the process group is started here, once every rank has made the checks that
+    need no lock, and closed at the end.  Rank 0 alone holds the lock and changes the folder (it
+    recovers an overwrite cut short, sets the old run aside, writes ``run.json``, ``config.toml``
+    and the checkpoints, drops or puts back the old run, removes a failed first run); the other
+    ranks wait for it at barriers, and every rank returns once the run is complete on disk.
+
     Raises:
         RunError: the folder cannot be trained into, or a resume differs from the run.
         ValueError: bad data, an unusable device, or a divergence
@@ -120,25 +127,28 @@ def train(
         check_spatial_size(spatial, model.multiple, dims=source.spatial_dims, source=source.path.name)
     device = usable_device(device)
     created = not run_dir.exists()
+    ctx = setup()  # under torchrun a rendezvous: every rank has passed the checks above, before any write
     try:
-        with Run.lock(run_dir):
+        with Run.lock(run_dir):  # rank 0's alone
             try:
                 trainer, run, train_ds, val_ds, train = _prepare_and_train(
-                    run_dir, source, data, model, train, resume=resume, overwrite=overwrite, device=device,
+                    run_dir, source, data, model, train, ctx, resume=resume, overwrite=overwrite, device=device,
                     progress=progress,
                 )
             except BaseException:
-                if created and CheckpointFolder(run_dir).latest() is None:
+                if ctx.is_main and created and CheckpointFolder(run_dir).latest() is None:
                     for name in RUN_ENTRIES:  # a first training that saved nothing leaves nothing
                         _remove(run_dir / name)
                 raise
     except BaseException:
-        if created and run_dir.is_dir():
+        if ctx.is_main and created and run_dir.is_dir():
             try:
                 run_dir.rmdir()  # only if empty
             except OSError:
                 pass
         raise
+    finally:
+        ctx.close()
     return TrainSummary(
         run=run, step=trainer.step, history=trainer.history, seconds=time.perf_counter() - start,
         num_train=len(train_ds), num_val=0 if val_ds is None else len(val_ds),  # type: ignore[arg-type]
@@ -149,17 +159,24 @@ def train(
 def usable_device(device: torch.device | str | None) -> torch.device | None:
     """``device`` as a torch.device after allocating one value on it, so that an unavailable one fails first.
 
+    Under torchrun a bare ``cuda`` is this process's GPU, ``cuda:LOCAL_RANK``
+    (:func:`scidiff.training.distributed.device_for_rank`).
+
     Raises:
         ValueError: the device is malformed or not available here (one line, naming it).
     """
     if device is None:
         return None
+    env = DistContext.from_env()
+    named = repr(str(device))
     try:
-        dev = torch.device(device)
+        dev = device_for_rank(device, env.local_rank if env.distributed else None)
+        if str(dev) != str(device):
+            named = f"{str(dev)!r} (--device {str(device)!r} on local rank {env.local_rank})"
         torch.empty(1, device=dev)
     except (RuntimeError, AssertionError, ValueError, TypeError) as err:
         reason = " ".join(str(err).split()) or type(err).__name__
-        raise ValueError(f"device {str(device)!r} is not usable here ({reason}); try --device cpu") from None
+        raise ValueError(f"device {named} is not usable here ({reason}); try --device cpu") from None
     return dev
 
 
@@ -225,17 +242,23 @@ def _device_memory(device: torch.device | None) -> int | None:
 
 
 def _prepare_and_train(
-    run_dir: Path, source: FieldSource, data: DataOptions, model: ModelOptions, train: TrainConfig, *,
-    resume: bool, overwrite: bool, device: torch.device | None, progress: bool,
+    run_dir: Path, source: FieldSource, data: DataOptions, model: ModelOptions, train: TrainConfig,
+    ctx: DistContext, *, resume: bool, overwrite: bool, device: torch.device | None, progress: bool,
 ) -> tuple[Trainer, Run, Dataset, Dataset | None, TrainConfig]:
-    """Check everything (folder, data, checkpoint) without writing; then write the run and train."""
-    Run.recover(run_dir)
+    """Check everything (folder, data, checkpoint) without writing; then write the run and train.
+
+    Under torchrun rank 0 alone recovers, sets aside, puts back and writes; the other ranks wait
+    for it at the barriers below and read the folder only as rank 0 leaves it.
+    """
+    if ctx.is_main:
+        Run.recover(run_dir)
+    ctx.barrier()  # every rank checks the folder as recovered by rank 0
     has_run = Run.check_target(run_dir, resume=resume, overwrite=overwrite)
     if resume and Run.is_run(run_dir):
         check_resumable(Run.open(run_dir), data, model, source)
     split = dict(val_fraction=data.val_fraction, seed=data.split_seed)
     train_plain = FieldDataset(source, split="train", **split)
-    normalizer = Normalizer.fit(train_plain, log=data.log, progress=progress)
+    normalizer = Normalizer.fit(train_plain, log=data.log, progress=progress and ctx.is_main)
     train_ds: Dataset = FieldDataset(source, split="train", normalizer=normalizer, **split)
     val_ds: Dataset | None = (
         FieldDataset(source, split="val", normalizer=normalizer, **split) if data.val_fraction > 0 else None
@@ -262,15 +285,20 @@ def _prepare_and_train(
     score_model = model.build(source.num_channels, len(source.spatial_shape), len(source.cond_names), seed=train.seed)
     # resuming loads the checkpoint into the network here: a mismatch fails before any write
     trainer = Trainer(score_model, train, run_dir=run_dir, resume=resume, normalizer=normalizer, device=device)
+    ctx.barrier()  # every rank has read the folder (and its checkpoint) before rank 0 changes it
     # everything is checked: from here on the folder changes
-    aside = Run.set_aside(run_dir) if overwrite and has_run else None
+    aside = Run.set_aside(run_dir) if ctx.is_main and overwrite and has_run else None
     try:
-        run.save()
-        write_config(run_dir / CONFIG_FILE, data, model, train)
-        trainer.on_save = lambda _: Run.drop_aside(aside)
+        if ctx.is_main:
+            run.save()
+            write_config(run_dir / CONFIG_FILE, data, model, train)
+        ctx.barrier()  # no rank trains before the old run is aside and the new one written
+        trainer.on_save = lambda _: Run.drop_aside(aside)  # checkpoints are rank 0's: so is the drop
         trainer.fit(train_ds, val_data=val_ds, progress=progress)
         if trainer.step == 0 or run.latest is None:
             trainer.save()
+        Run.drop_aside(aside)
+        ctx.barrier()  # every rank returns once the run is complete on disk
     except BaseException:
         if aside is not None and aside.exists():
             Run.put_back(run_dir, aside)

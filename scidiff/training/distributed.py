@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "setup"]
+__all__ = ["DistContext", "device_for_rank", "setup"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,23 @@ class DistContext:
             return torch.device("cuda", self.local_rank)
         return torch.device("cpu")
 
+    @classmethod
+    def from_env(cls) -> "DistContext":
+        """Where torchrun's RANK / WORLD_SIZE / LOCAL_RANK place this process, without starting anything.
+
+        Without those variables: rank 0 of 1.
+
+        Raises:
+            ValueError: a variable is not an integer, or RANK lies outside [0, WORLD_SIZE).
+        """
+        world = _env_int("WORLD_SIZE", 1)
+        if world <= 1:
+            return cls()
+        rank = _env_int("RANK", 0)
+        if not 0 <= rank < world:
+            raise ValueError(f"RANK={rank} must lie in [0, WORLD_SIZE={world})")
+        return cls(rank, world, _env_int("LOCAL_RANK", rank))
+
     def barrier(self) -> None:
         """Wait for every rank (no-op for a single process)."""
         if self.distributed:
@@ -51,6 +68,18 @@ class DistContext:
         """Destroy the process group if :func:`setup` created it."""
         if self.initialized_here and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def device_for_rank(device: torch.device | str, local_rank: int | None) -> torch.device:
+    """The device a process of local rank ``local_rank`` (None: not under torchrun) trains on for ``device``.
+
+    A bare ``cuda`` (no index) means ``cuda:LOCAL_RANK`` under torchrun, one GPU per process;
+    an indexed device (``cuda:1``) and any other type are taken as given.
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None and local_rank is not None:
+        return torch.device("cuda", local_rank)
+    return dev
 
 
 def _env_int(name: str, default: int) -> int:
@@ -71,13 +100,10 @@ def setup() -> DistContext:
     if dist.is_available() and dist.is_initialized():
         local = _env_int("LOCAL_RANK", dist.get_rank())
         return DistContext(dist.get_rank(), dist.get_world_size(), local, initialized_here=False)
-    world = _env_int("WORLD_SIZE", 1)
-    rank = _env_int("RANK", 0)
-    local = _env_int("LOCAL_RANK", rank)
-    if world <= 1:
-        return DistContext()
-    if not 0 <= rank < world:
-        raise ValueError(f"RANK={rank} must lie in [0, WORLD_SIZE={world})")
+    env = DistContext.from_env()
+    if not env.distributed:
+        return env
+    rank, world, local = env.rank, env.world_size, env.local_rank
     if not dist.is_available():
         raise RuntimeError(f"WORLD_SIZE={world} asks for distributed training but torch.distributed is unavailable")
     if torch.cuda.is_available():
