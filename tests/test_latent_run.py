@@ -102,6 +102,25 @@ def test_a_factor_that_does_not_divide_the_grid_fails_in_one_line(tmp_path: Path
         runs.parse_latent("size=3")
 
 
+def test_an_overwrite_cut_short_is_finished_before_the_next(run_dir: Path, data_file: Path, tmp_path: Path) -> None:
+    """A latent --overwrite killed before its first checkpoint left the old run set aside and a
+    partial new one: the next --overwrite puts the old one back and replaces it, leaving one run."""
+    import shutil
+
+    folder = tmp_path / "run"
+    shutil.copytree(run_dir, folder)
+    aside = runs.Run.set_aside(folder)  # as an overwrite does first ...
+    assert aside is not None and not (folder / "run.json").exists()
+    (folder / "autoencoder").mkdir()  # ... then it was killed while training the autoencoder
+    assert main(["train", "--data", str(data_file), "--var", "rho", "--out", str(folder), "--periodic",
+                 "--base-channels", "8", "--channel-mults", "1,2", "--no-attention", "--steps", "3",
+                 "--batch-size", "16", "--warmup-steps", "1", "--latent", "factor=2,channels=2,base_channels=8",
+                 "--overwrite", "--no-progress"]) == 0
+    assert not list(folder.glob(".overwritten*"))  # neither the old run nor the partial one is left over
+    loaded = runs.Run.open(folder).load()
+    assert loaded.latent is not None and loaded.checkpoint.step == 3
+
+
 # ---- a conditional latent run: the bound on log p(x | slope) -------------------------------------
 SLOPES = (1.5, 3.0)
 

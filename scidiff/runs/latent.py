@@ -147,6 +147,9 @@ def train_latent(
         if dev is None:
             dev = ctx.default_device() if ctx.distributed else torch.device("cpu")
         with Run.lock(run_dir):  # rank 0's alone
+            if ctx.is_main:
+                Run.recover(run_dir)  # an overwrite cut short: its old run dropped or put back first
+            ctx.barrier()
             aside = Run.set_aside(run_dir) if overwrite and ctx.is_main else None
             try:
                 trainer, run, n_train = _train_both(run_dir, source, data, model, train, latent, ae, dev, ctx,
