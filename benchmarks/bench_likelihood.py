@@ -141,7 +141,8 @@ def likelihood_problem(quick: bool, checkpoint: Path | None, device: torch.devic
             var = [v for v in ds.data_vars if ds[v].ndim >= 3][0]
             fields = torch.as_tensor(ds[var].values[:batch]).float()
         x = loaded.normalizer.forward(fields.unsqueeze(1) if fields.ndim == 3 else fields).to(device)
-        return loaded.model.score, loaded.model.sde, x, f"the demo run's model ({checkpoint}) at {x.shape[-1]}x{x.shape[-1]}"
+        what = f"the demo run's model ({checkpoint}) at {x.shape[-1]}x{x.shape[-1]}"
+        return loaded.model.score, loaded.model.sde, x, what
     if checkpoint is not None and checkpoint.is_file():
         from bench_accuracy import load_model
 
@@ -166,7 +167,7 @@ def likelihood_problem(quick: bool, checkpoint: Path | None, device: torch.devic
 
 
 def run_likelihood(*, quick: bool = False, device: torch.device | str = "cpu", checkpoint: Path | None = None,
-                   batch: int | None = None, tolerances: tuple[float, ...] = (1e-5, 1e-3)) -> Section:
+                   batch: int | None = None, tolerances: tuple[float, ...] = (1e-5, 1e-4, 1e-3)) -> Section:
     """NFE and wall time of sd.log_likelihood vs the score_sde-style loop at each tolerance."""
     import scidiff as sd
 
@@ -178,7 +179,7 @@ def run_likelihood(*, quick: bool = False, device: torch.device | str = "cpu", c
         name="likelihood",
         title="PF-ODE log-likelihood (Hutchinson, 1 probe): scidiff vs a score_sde-style loop",
         columns=["tol", "impl", "time_var", "nfe", "time_s", "s_per_nfe", "bpd_mean", "speedup", "max_dlogp_nats",
-                 "max_dbpd", "pass"],
+                 "max_dbpd", "rms_err_bpd", "pass"],
         goal=f"scidiff >= {SPEEDUP_GOAL}x faster at equal tolerance, log-likelihoods agreeing",
     )
     started = time.perf_counter()
@@ -191,6 +192,21 @@ def run_likelihood(*, quick: bool = False, device: torch.device | str = "cpu", c
 
     # warm-up (allocator, imports)
     sd.log_likelihood(score, sde, x, divergence="hutchinson", rtol=1e-2, atol=1e-2)
+    # the reference for the accuracy columns: the same probe, float64, rtol = atol = 1e-8
+    model = getattr(score, "__self__", None)
+    if isinstance(model, torch.nn.Module):
+        import copy
+
+        score64 = copy.deepcopy(model).double().score
+        ref = sd.log_likelihood(score64, sde, x.double(), divergence="hutchinson", rtol=1e-8, atol=1e-8,
+                                generator=torch.Generator(device=device).manual_seed(seed)).log_prob.double().cpu()
+    else:
+        ref = None
+
+    def rms_bpd(lp: Tensor) -> float | None:
+        if ref is None:
+            return None
+        return float(((lp.double().cpu() - ref) / (d * math.log(2))).square().mean().sqrt())
     for tol in tolerances:
         w_ours, res = timed(lambda: ours(tol), device)
         w_base, (lp_base, nfe_base) = timed(lambda: scoresde_log_likelihood(score, sde, x, probe, rtol=tol, atol=tol),
@@ -206,7 +222,7 @@ def run_likelihood(*, quick: bool = False, device: torch.device | str = "cpu", c
                              "time_s": w_ours, "s_per_nfe": w_ours / res.nfe,
                              "bpd_mean": float(res.bits_per_dim.mean()), "speedup": speedup,
                              "max_dlogp_nats": diff, "max_dbpd": diff / (d * math.log(2)),
-                             "pass": speedup >= SPEEDUP_GOAL and diff <= bound})
+                             "rms_err_bpd": rms_bpd(lp_ours), "pass": speedup >= SPEEDUP_GOAL and diff <= bound})
         # the divergence on the path (from 17 trace evaluations, refined to quadrature_tol = tol
         # bits/dim), x solved ten times tighter
         w_path, res_p = timed(lambda: sd.log_likelihood(
@@ -217,14 +233,17 @@ def run_likelihood(*, quick: bool = False, device: torch.device | str = "cpu", c
                              "nfe": res_p.nfe, "time_s": w_path, "s_per_nfe": w_path / res_p.nfe,
                              "bpd_mean": float(res_p.bits_per_dim.mean()), "speedup": w_base / w_path,
                              "max_dlogp_nats": diff_p, "max_dbpd": diff_p / (d * math.log(2)),
+                             "rms_err_bpd": rms_bpd(res_p.log_prob),
                              "pass": w_base / w_path >= SPEEDUP_GOAL and diff_p <= bound})
         section.rows.append({"tol": tol, "impl": "score_sde RK45", "time_var": "t", "nfe": nfe_base,
                              "time_s": w_base, "s_per_nfe": w_base / nfe_base,
                              "bpd_mean": float((-lp_base / (d * math.log(2))).mean()), "speedup": 1.0,
-                             "max_dlogp_nats": diff, "max_dbpd": diff / (d * math.log(2)), "pass": None})
+                             "max_dlogp_nats": diff, "max_dbpd": diff / (d * math.log(2)),
+                             "rms_err_bpd": rms_bpd(lp_base), "pass": None})
     section.notes.append(
         f"{what}, batch {batch}, D = {d}; same Rademacher probe in both; t_min = 1e-5; speedup = baseline wall / "
-        "scidiff wall; agreement bound |d log p| <= 10 tol max(|log p|, D); "
+        "scidiff wall; agreement bound |d log p| <= 10 tol max(|log p|, D); rms_err_bpd = per-field RMS against "
+        "the same probe's float64 solve at rtol = atol = 1e-8 (the solver's error; for a model's score only); "
         f"torch threads {torch.get_num_threads()}"
     )
     section.seconds = time.perf_counter() - started
@@ -728,7 +747,8 @@ def run_flow(run_dir: Path, *, n: int = 8, tolerances: tuple[float, ...] = (1e-3
 def main() -> None:
     p = script_parser(__doc__)
     p.add_argument("--only", default="likelihood,trace,tolerance,estimators,quadrature")
-    p.add_argument("--checkpoint", type=Path, default=None, help="trained GRF model from bench_accuracy.py, or a run folder (`scidiff demo`)")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="trained GRF model from bench_accuracy.py, or a run folder (`scidiff demo`)")
     p.add_argument("--demo-run", type=Path, default=None,
                    help="a `scidiff demo` run folder for the section 'demo' (the user's path)")
     args = parse_script_args(p)
