@@ -13,7 +13,12 @@ Section "latent_bound": on a small 2-D GRF with its exact log-density, the per-f
 exact log p(x) - estimate for the pixel model's PF-ODE likelihood and for the latent model's
 evidence lower bound (both in nats per field and bits/dim), with the standard errors.
 
-    python benchmarks/bench_latent.py [--quick] [--steps S] [--dims 2,3] [--json out.json]
+Section "latent_memory": peak memory of one training step and of one sampling batch of the
+pixel UNet, the autoencoder and the latent UNet at 64^2 and 32^3 (--quick: 16^2 and 8^3), each
+in a fresh process (resident memory on a CPU, allocated memory on CUDA).
+
+    python benchmarks/bench_latent.py [--quick] [--steps S] [--dims 2,3] [--only quality,bound,memory]
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -201,6 +206,113 @@ def bound(args) -> Section:
     return sec
 
 
+# ---- memory: one training step and one sampling batch of each model, in a fresh process ---------
+def _rss_mib() -> float:
+    """This process's resident memory now, MiB (Linux /proc; NaN elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        import os
+
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def _memory_child(job: dict, queue) -> None:
+    """Build one model, then run one training step or one sampling batch; put the peak memory
+    above the built model's (MiB) on ``queue``: resident memory on a CPU, allocated on CUDA (or
+    the error's text)."""
+    try:
+        queue.put(_memory_of(job))
+    except Exception as err:  # reported by the parent
+        queue.put(f"{type(err).__name__}: {err}")
+
+
+def _memory_of(job: dict) -> float:
+    import resource
+
+    torch.set_num_threads(1)
+    device = torch.device(job["device"])
+    dims, size, base, batch = job["dims"], job["size"], job["base"], job["batch"]
+    shape = (size,) * dims
+    cfg = TrainConfig(steps=1, batch_size=batch, lr=1e-3, warmup_steps=0, val_every=0, checkpoint_every=0, seed=0)
+    x = torch.randn(batch, 1, *shape, device=device)
+    if job["model"] == "autoencoder":
+        model = Autoencoder(1, dims, factor=4, latent_channels=4, base_channels=base, groups=4 if job["quick"] else 8)
+        trainer = AutoencoderTrainer(model.to(device), cfg)
+        run = lambda: trainer.train_step(x)  # noqa: E731
+    else:
+        channels = 4 if job["model"] == "latent" else 1
+        grid = tuple(n // 4 for n in shape) if job["model"] == "latent" else shape
+        score_model = _unet(channels, dims, job["quick"], base).to(device)
+        if job["what"] == "train":
+            trainer = Trainer(score_model, cfg)
+            z = torch.randn(batch, channels, *grid, device=device)
+            run = lambda: trainer.fit(z, progress=False)  # noqa: E731
+        else:
+            ae = Autoencoder(1, dims, factor=4, latent_channels=4, base_channels=base,
+                             groups=4 if job["quick"] else 8).to(device).eval()
+            model = score_model.eval()
+
+            def run() -> None:
+                u = sd.sample(model.score, model.sde, (batch, channels, *grid), method="dpmpp_2m", steps=25,
+                              device=device, progress=False)
+                if job["model"] == "latent":
+                    with torch.no_grad():
+                        ae.decode(u)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base_mem = torch.cuda.memory_allocated(device) / 2**20
+        torch.cuda.reset_peak_memory_stats(device)
+        run()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) / 2**20 - base_mem
+    base_mem = _rss_mib()
+    run()
+    # ru_maxrss is the process's peak resident set in KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base_mem
+
+
+def memory(args) -> Section:
+    import multiprocessing as mp
+
+    quick = args.quick
+    grids = [(2, 16), (3, 8)] if quick else [(2, 64), (3, 32)]
+    base = 8 if quick else (args.base_channels or 32)
+    batch = 4 if quick else 16
+    sec = Section(name="latent_memory",
+                  title=f"peak memory of one training step and of sampling {batch} fields (25 DPM-Solver++ 2M steps), "
+                        f"UNets and autoencoder of width {base}, batch {batch}",
+                  columns=["grid", "model", "train_step_MiB", "sample_MiB"],
+                  goal="reported")
+    ctx = mp.get_context("spawn")
+    for dims, size in grids:
+        grid = f"{size}^{dims}"
+        rows = {"pixel": {}, "autoencoder": {}, "latent": {}}
+        for model, whats in (("pixel", ("train", "sample")), ("autoencoder", ("train",)),
+                             ("latent", ("train", "sample"))):
+            for what in whats:
+                queue = ctx.Queue()
+                job = dict(device=args.device, dims=dims, size=size, base=base, batch=batch, model=model, what=what,
+                           quick=quick)
+                proc = ctx.Process(target=_memory_child, args=(job, queue))
+                proc.start()
+                value = queue.get(timeout=3600)
+                proc.join()
+                if isinstance(value, str):
+                    raise RuntimeError(f"memory of {model} {what} at {grid}: {value}")
+                rows[model][what] = value
+        for model, label in (("pixel", "pixel UNet"), ("autoencoder", "autoencoder f=4 C_z=4"),
+                             ("latent", "latent UNet (sampling includes the decoder)")):
+            sec.rows.append({"grid": grid, "model": label, "train_step_MiB": rows[model].get("train", float("nan")),
+                             "sample_MiB": rows[model].get("sample", float("nan"))})
+    sec.notes += ["each figure in a fresh process: on a CPU the peak resident memory (ru_maxrss) above the resident "
+                  "memory once the model is built; on CUDA the peak allocated memory above the allocated memory then",
+                  "untrained networks: memory does not depend on the weights' values"]
+    return sec
+
+
 def main() -> None:
     p = script_parser(__doc__)
     p.add_argument("--steps", type=int, default=0, help="training steps of every network (default 1000; quick 20)")
@@ -208,13 +320,15 @@ def main() -> None:
     p.add_argument("--base-channels", type=int, default=0, help="width of the UNets and the autoencoder (default 32)")
     p.add_argument("--samples", type=int, default=0, help="fields sampled per model (default 64 in 2-D, 16 in 3-D)")
     p.add_argument("--dims", default="2", help="which quality sections: 2, 3 or 2,3 (default 2)")
-    p.add_argument("--only", default="quality,bound", help="sections: quality, bound")
+    p.add_argument("--only", default="quality,bound", help="sections: quality, bound, memory")
     args = parse_script_args(p)
     sections = []
     only = args.only.split(",")
     jobs = [lambda d=d: quality(args, d) for d in (int(v) for v in args.dims.split(","))] if "quality" in only else []
     if "bound" in only:
         jobs.append(lambda: bound(args))
+    if "memory" in only:
+        jobs.append(lambda: memory(args))
     for job in jobs:
         start = time.perf_counter()
         sec = job()
