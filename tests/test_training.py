@@ -479,8 +479,8 @@ def test_ddp_two_ranks_train_one_autoencoder(tmp_path: Path) -> None:
     env["PYTHONPATH"] = str(repo) + os.pathsep + env.get("PYTHONPATH", "")
     steps = 4
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", "-m", "scidiff.training.ddp_check", "--out", str(tmp_path),
-           "--steps", str(steps), "--autoencoder"]
+           f"--master_port={_free_port()}", "-m", "scidiff.latent.ddp_check", "--out", str(tmp_path),
+           "--steps", str(steps)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r0, r1 = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]

@@ -3,18 +3,13 @@
 Run it the way a real job is run::
 
     torchrun --nproc_per_node=2 -m scidiff.training.ddp_check --out /tmp/ddp_check
-    torchrun --nproc_per_node=2 -m scidiff.training.ddp_check --out /tmp/ae_check --autoencoder
 
 Each rank trains a small 1-D UNet on the same synthetic fields for a few steps (through
 ``scidiff.training.train``, so DDP, the DistributedSampler and rank-0 checkpointing are all
 exercised) and writes ``rank<r>.json`` with the sha256 of its final raw and EMA weights; the
 run directory ``<out>/run`` receives rank 0's checkpoint.  Identical hashes on all ranks mean
-the gradient all-reduce worked.  With ``--autoencoder`` each rank trains a small 1-D
-:class:`~scidiff.latent.Autoencoder` instead (through :class:`~scidiff.latent.AutoencoderTrainer`,
-with a checkpoint every 2 steps and the decoder variance fitted on held-out fields): its
-``rank<r>.json`` adds the logged losses, the decoder variance and the number of checkpoint
-writes the rank made, and ``<out>/autoencoder`` receives rank 0's checkpoint.  Without torchrun
-it runs as a single process.
+the gradient all-reduce worked.  Without torchrun it runs as a single process.  The latent
+autoencoder's trainer has its own check, :mod:`scidiff.latent.ddp_check`.
 """
 
 from __future__ import annotations
@@ -46,8 +41,6 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="directory for rank<r>.json and the run directory")
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--autoencoder", action="store_true",
-                        help="check the latent autoencoder's trainer instead of the score model's")
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error(f"--steps must be a positive integer; got {args.steps}")
@@ -55,8 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    check = _check_autoencoder if args.autoencoder else _check_score_model
-    report = check(out, args.steps, rank)
+    report = _check_score_model(out, args.steps, rank)
     (out / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "world_size": world, **report}))
 
 
@@ -81,38 +73,6 @@ def _check_score_model(out: Path, steps: int, rank: int) -> dict[str, object]:
         "ema": weights_sha256(result.model),
         "initial_rank0": initial,
         "loss": result.history[-1]["loss"],
-    }
-
-
-def _check_autoencoder(out: Path, steps: int, rank: int) -> dict[str, object]:
-    from scidiff.latent import Autoencoder, AutoencoderTrainer
-    from scidiff.training import TrainConfig
-
-    # different initial weights on every rank: the trainer must broadcast rank 0's
-    torch.manual_seed(4321 + rank)
-    ae = Autoencoder(1, 1, factor=2, latent_channels=2, base_channels=8, groups=4)
-    initial = weights_sha256(ae, buffers=False)
-    fields = torch.randn(32, 1, 16, generator=torch.Generator().manual_seed(0))
-    held_out = torch.randn(8, 1, 16, generator=torch.Generator().manual_seed(1))
-    config = TrainConfig(steps=steps, batch_size=8, lr=1e-3, warmup_steps=1, ema_decay=0.9, log_every=2,
-                         val_every=0, checkpoint_every=2, seed=7)
-    trainer = AutoencoderTrainer(ae, config, checkpoint=out / "autoencoder")
-    writes: list[str] = []
-    trainer.on_save = lambda path: writes.append(str(path))
-    try:
-        history = trainer.fit(fields, val_data=held_out, progress=False)
-    finally:
-        trainer.dist.close()
-    return {
-        "step": trainer.step,
-        "raw": weights_sha256(trainer.model),
-        "ema": weights_sha256(trainer.ema_model),
-        "raw_parameters": weights_sha256(trainer.model, buffers=False),
-        "initial_parameters": initial,
-        "losses": [entry["loss"] for entry in history],
-        "decoder_log_var": trainer.model.decoder_log_var.tolist(),
-        "ema_decoder_log_var": trainer.ema_model.decoder_log_var.tolist(),
-        "checkpoint_writes": len(writes),
     }
 
 
