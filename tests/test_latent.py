@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -138,22 +134,8 @@ def test_checkpoint_round_trip_and_resume(tmp_path):
     torch.testing.assert_close(loaded.decoder_log_var, resumed.ema_model.decoder_log_var)
 
 
-def _torchrun(args: list[str]) -> subprocess.CompletedProcess[str]:
-    """``python -m torch.distributed.run --nproc_per_node=2 ARGS`` on gloo, single-threaded, a free port."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env["OMP_NUM_THREADS"] = "1"
-    repo = Path(__file__).resolve().parents[1]
-    env["PYTHONPATH"] = str(repo) + os.pathsep + env.get("PYTHONPATH", "")
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={port}", *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-
-
 @pytest.mark.slow
-def test_latent_run_trains_under_torchrun_and_resumes(tmp_path: Path) -> None:
+def test_latent_run_trains_under_torchrun_and_resumes(tmp_path: Path, torchrun) -> None:
     """`torchrun --nproc_per_node 2 -m scidiff.cli train --latent ...`: one clean run folder (rank 0
     writes it), both models at the requested step, and a resume under torchrun continues both."""
     import xarray as xr
@@ -167,7 +149,7 @@ def test_latent_run_trains_under_torchrun_and_resumes(tmp_path: Path) -> None:
               "--warmup-steps", "1", "--latent", "factor=2,channels=2,base_channels=8", "--no-progress"]
     # log_every (100) exceeds the steps: one history entry at the end of each training
     for steps, extra, logged in ((4, [], [4]), (6, ["--resume"], [4, 6])):
-        proc = _torchrun([*common, "--steps", str(steps), *extra])
+        proc = torchrun([*common, "--steps", str(steps), *extra])
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert sorted(p.name for p in run.iterdir()) == sorted(
             ["autoencoder", "checkpoints", "config.toml", "latent.json", "latest", "run.json"])

@@ -213,21 +213,8 @@ def test_a_bare_cuda_device_means_the_local_rank_gpu_under_torchrun(monkeypatch:
         DistContext.from_env()
 
 
-def _torchrun(args: list[str]) -> subprocess.CompletedProcess[str]:
-    """``python -m torch.distributed.run --nproc_per_node=2 ARGS`` on gloo, single-threaded, a free port."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env["OMP_NUM_THREADS"] = "1"
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={port}", *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-
-
 @pytest.mark.slow
-def test_overwrite_and_resume_under_torchrun_leave_one_clean_run(data_file: Path, tmp_path: Path) -> None:
+def test_overwrite_and_resume_under_torchrun_leave_one_clean_run(data_file: Path, tmp_path: Path, torchrun) -> None:
     """`torchrun --nproc_per_node 2 -m scidiff.cli train --overwrite` over a run: rank 0 alone sets the old
     run aside and drops it, so the folder holds the new run only (its options, its one checkpoint, no copy
     set aside, no lock), and the summary is printed once; a `--resume` under torchrun continues it."""
@@ -246,7 +233,7 @@ def test_overwrite_and_resume_under_torchrun_leave_one_clean_run(data_file: Path
     entries = ["checkpoints", "config.toml", "latest", "run.json"]
     # the overwrite's one checkpoint, then the resume's beside it (keep_checkpoints = 2)
     for steps, extra, kept in ((2, ["--overwrite", "--seed", "2"], [2]), (4, ["--resume"], [2, 4])):
-        proc = _torchrun([*common, "--steps", str(steps), *extra])
+        proc = torchrun([*common, "--steps", str(steps), *extra])
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         summaries = [line for line in proc.stdout.splitlines() if line.startswith("trained ")]
         assert len(summaries) == 1 and f" for {steps} steps on 24 fields" in summaries[0], proc.stdout

@@ -15,29 +15,15 @@ own check, :mod:`scidiff.training.ddp_check`.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 from pathlib import Path
 
 import torch
 
-from scidiff.training.ddp_check import weights_sha256
+from scidiff.training.ddp_check import run_check, weights_sha256
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="directory for rank<r>.json and the checkpoint")
-    parser.add_argument("--steps", type=int, default=4)
-    args = parser.parse_args(argv)
-    if args.steps < 1:
-        parser.error(f"--steps must be a positive integer; got {args.steps}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rank = int(os.environ.get("RANK", "0"))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    report = _check_autoencoder(out, args.steps, rank)
-    (out / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "world_size": world, **report}))
+    run_check(_check_autoencoder, __doc__, argv)
 
 
 def _check_autoencoder(out: Path, steps: int, rank: int) -> dict[str, object]:

@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -38,8 +39,15 @@ def weights_sha256(module: nn.Module, *, buffers: bool = True) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="directory for rank<r>.json and the run directory")
+    run_check(_check_score_model, __doc__, argv)
+
+
+def run_check(check: Callable[[Path, int, int], dict[str, object]], doc: str | None,
+              argv: list[str] | None = None) -> None:
+    """Parse ``--out`` and ``--steps``, run ``check(out, steps, rank)`` on this rank and write its
+    report, with the rank and world size, to ``<out>/rank<r>.json``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
+    parser.add_argument("--out", required=True, help="directory for rank<r>.json and what the check writes")
     parser.add_argument("--steps", type=int, default=4)
     args = parser.parse_args(argv)
     if args.steps < 1:
@@ -48,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    report = _check_score_model(out, args.steps, rank)
+    report = check(out, args.steps, rank)
     (out / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "world_size": world, **report}))
 
 
